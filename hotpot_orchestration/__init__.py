@@ -1,0 +1,1 @@
+"""The Hot Pot Spot operations pipeline as a Dagster code location."""

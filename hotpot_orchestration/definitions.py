@@ -1,0 +1,39 @@
+"""The code location: every concern's assets, jobs, schedules and sensors, with the shared resources."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from hotpot_orchestration import backups, operations, release, restores
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.settings import Settings, load_settings
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    pg_bin_dir = str(settings.pg_bin_dir) if settings.pg_bin_dir else None
+    # Drills default to the backed-up database's server (the scratch database gets its own name).
+    drill_url = "HOTPOT_DRILL_DATABASE_URL" if settings.drill_database_url else "HOTPOT_DATABASE_URL"
+    return {
+        "postgres": PostgresResource(url=dg.EnvVar("HOTPOT_DATABASE_URL"), pg_bin_dir=pg_bin_dir),
+        "drill_postgres": PostgresResource(url=dg.EnvVar(drill_url), pg_bin_dir=pg_bin_dir),
+        "backup_storage": BackupStorageResource(
+            bucket=settings.backup_bucket,
+            prefix=settings.backup_prefix,
+            endpoint_url=settings.aws_endpoint_url,
+            region=settings.aws_region,
+            kms_key_id=settings.backup_kms_key_id,
+        ),
+    }
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions.merge(
+        backups.build_defs(settings),
+        restores.build_defs(settings),
+        release.build_defs(settings),
+        operations.build_defs(settings),
+        dg.Definitions(resources=build_resources(settings)),
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,53 @@
+"""Dagster resources shared by every concern. Secrets reach them only through `EnvVar`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from hotpot_orchestration.platform.pg import PgTarget, find_pg_bin_dir
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """A PostgreSQL database named by a libpq URL (HOTPOT_DATABASE_URL or HOTPOT_DRILL_DATABASE_URL)."""
+
+    url: str = Field(description="libpq URL; fed from an environment variable, never typed into run config")
+    pg_bin_dir: str | None = Field(default=None, description="where pg_dump and pg_restore live")
+
+    @property
+    def target(self) -> PgTarget:
+        return PgTarget.from_url(self.url)
+
+    def bin_dir(self) -> Path:
+        return find_pg_bin_dir(self.pg_bin_dir)
+
+
+class BackupStorageResource(dg.ConfigurableResource):
+    """The S3 bucket and prefix that hold backups. Credentials come from boto3's own chain
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or an IAM role), never from Dagster config."""
+
+    bucket: str
+    prefix: str = "database/"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
+    max_attempts: int = Field(default=8, description="botocore attempts for transient errors")
+
+    def client(self):
+        import boto3  # lazy: keeps the code location's load light
+        from botocore.config import Config
+
+        config = Config(
+            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            connect_timeout=10,
+            read_timeout=120,
+            tcp_keepalive=True,
+        )
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+
+    def encryption_args(self) -> dict[str, str]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": "AES256"}

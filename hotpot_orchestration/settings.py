@@ -1,0 +1,180 @@
+"""Every environment variable of the design, read and validated in one place.
+
+`load_settings()` runs when the code location loads, so a malformed value stops the load with a message
+that names the variable and the form it accepts, instead of failing a run hours later. Values that carry
+secrets (database URLs, AWS keys) are validated here but reach resources only through `EnvVar`, and are
+never echoed back in an error.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+ROUTERS = ("nginx", "ingress-nginx", "gateway-api")
+IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
+SAMPLE_APP_DIR = Path(__file__).resolve().parent / "sample_app"
+
+# Variables whose values may contain credentials: never repeat them in messages.
+SECRET_VARIABLES = frozenset(
+    {"HOTPOT_DATABASE_URL", "HOTPOT_DRILL_DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "HOTPOT_ALERT_WEBHOOK_URL"}
+)
+
+
+class SettingsError(ValueError):
+    """One or more environment variables have values the project cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    drill_database_url: str | None
+    pg_bin_dir: Path | None
+    backup_bucket: str
+    backup_prefix: str
+    backup_retention_days: int
+    backup_min_keep: int
+    backup_kms_key_id: str | None
+    timezone: str
+    aws_endpoint_url: str | None
+    aws_region: str
+    registry: str | None
+    image_repository: str
+    app_source: Path
+    image_builder: str
+    prometheus_url: str | None
+    router: str
+    alert_webhook_url: str | None
+
+
+def _postgres_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname or not parts.path.strip("/"):
+        raise ValueError("a libpq URL: postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")
+    _ = parts.port  # raises ValueError on a non-numeric port
+    return value
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http(s) URL such as http://127.0.0.1:9090")
+    _ = parts.port
+    return value.rstrip("/")
+
+
+def _registry(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", value):
+        raise ValueError("HOST[:PORT] without a scheme, such as registry.example.com or 127.0.0.1:5000")
+    return value
+
+
+def _repository(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", value):
+        raise ValueError("a lowercase repository path such as thehotpotspot/api")
+    return value
+
+
+def _bucket(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value:
+        raise ValueError("an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens")
+    return value
+
+
+def _prefix(value: str) -> str:
+    value = value.lstrip("/")
+    if value and not value.endswith("/"):
+        value += "/"
+    return value
+
+
+def _positive_int(value: str) -> int:
+    if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
+        raise ValueError("a whole number of at least 1")
+    return int(value)
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+
+    return check
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA time zone name such as UTC or Europe/Moscow") from None
+    return value
+
+
+def _directory(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ValueError("an existing directory")
+    return path
+
+
+def _pg_bin_dir(value: str) -> Path:
+    path = _directory(value)
+    if not (path / "pg_dump").is_file():
+        raise ValueError("a directory that contains pg_dump and pg_restore")
+    return path
+
+
+def _app_source(value: str) -> Path:
+    path = _directory(value)
+    if not (path / "Dockerfile").is_file():
+        raise ValueError("a source checkout with a Dockerfile at its top")
+    return path
+
+
+# variable -> (field, parser of a set value, value when unset)
+_VARIABLES = {
+    "HOTPOT_DATABASE_URL": ("database_url", _postgres_url, None),
+    "HOTPOT_DRILL_DATABASE_URL": ("drill_database_url", _postgres_url, None),
+    "HOTPOT_PG_BIN_DIR": ("pg_bin_dir", _pg_bin_dir, None),
+    "HOTPOT_BACKUP_BUCKET": ("backup_bucket", _bucket, "thehotpotspot-backups"),
+    "HOTPOT_BACKUP_PREFIX": ("backup_prefix", _prefix, "database/"),
+    "HOTPOT_BACKUP_RETENTION_DAYS": ("backup_retention_days", _positive_int, 30),
+    "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _positive_int, 7),
+    "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
+    "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
+    "AWS_ENDPOINT_URL": ("aws_endpoint_url", _http_url, None),
+    "AWS_REGION": ("aws_region", str, "us-east-1"),
+    "HOTPOT_REGISTRY": ("registry", _registry, None),
+    "HOTPOT_IMAGE_REPOSITORY": ("image_repository", _repository, "thehotpotspot/api"),
+    "HOTPOT_APP_SOURCE": ("app_source", _app_source, SAMPLE_APP_DIR),
+    "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
+    "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
+    "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
+    "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; report all bad ones at once."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for variable, (field, parse, default) in _VARIABLES.items():
+        raw = environ.get(variable, "").strip()
+        if not raw:
+            values[field] = default
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as accepted:
+            shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(raw)
+            problems.append(f"{variable}={shown} is not valid: expected {accepted}")
+    if problems:
+        raise SettingsError("Bad configuration in the environment:\n  " + "\n  ".join(problems))
+    return Settings(**values)
