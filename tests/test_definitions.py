@@ -1,0 +1,106 @@
+"""The code location loads with every public name of the design, through Dagster's own loaders."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hotpot_orchestration.definitions import build_definitions
+from hotpot_orchestration.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+JOBS = {
+    "nightly_backup_job",
+    "restore_drill_job",
+    "restore_database_job",
+    "build_image_job",
+    "canary_release_job",
+    "blue_green_release_job",
+    "rollback_job",
+}
+ASSETS = {"postgres_backup", "backup_retention", "restore_drill", "api_image", "production_release"}
+SCHEDULES = {"nightly_backup_schedule", "restore_drill_schedule"}
+SENSORS = {"new_image_tag_sensor", "release_failure_sensor", "run_failure_alert_sensor"}
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from hotpot_orchestration.definitions import defs
+
+    return defs
+
+
+def test_every_public_name_is_present(defs):
+    repo = defs.get_repository_def()
+    assert JOBS <= {job.name for job in repo.get_all_jobs()}
+    asset_keys = {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()}
+    assert ASSETS <= asset_keys
+    assert any(key.startswith("canary_weight_") for key in asset_keys)
+    assert SCHEDULES <= {schedule.name for schedule in repo.schedule_defs}
+    assert SENSORS <= {sensor.name for sensor in repo.sensor_defs}
+
+
+def test_release_graph_runs_from_image_to_production(defs):
+    graph = defs.get_repository_def().asset_graph
+    steps = sorted(
+        (key for key in graph.get_all_asset_keys() if key.to_user_string().startswith("canary_weight_")),
+        key=lambda key: int(key.to_user_string().rsplit("_", 1)[1]),
+    )
+    chain = [dg.AssetKey("api_image"), *steps, dg.AssetKey("production_release")]
+    for upstream, downstream in zip(chain, chain[1:], strict=False):
+        assert upstream in graph.get(downstream).parent_keys, f"{downstream} should depend on {upstream}"
+
+
+def test_nightly_schedule_follows_the_configured_time_zone():
+    defs = build_definitions(load_settings({"HOTPOT_TIMEZONE": "Europe/Moscow"}))
+    schedule = defs.get_repository_def().get_schedule_def("nightly_backup_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "Europe/Moscow"
+
+
+def test_secrets_are_environment_variables_not_config(defs):
+    for key in ("postgres", "drill_postgres"):
+        url = defs.resources[key].url
+        assert isinstance(url, dg.EnvVar), f"{key}.url must come from the environment, got {type(url)}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-m", "hotpot_orchestration.definitions"], ["-w", str(ROOT / "workspace.yaml")]],
+    ids=["module", "workspace"],
+)
+def test_dagster_cli_validates_the_code_location(args, tmp_path):
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_bad_environment_stops_the_load_naming_the_variable(tmp_path):
+    result = subprocess.run(
+        [DAGSTER, "definitions", "validate", "-m", "hotpot_orchestration.definitions"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": str(Path(sys.executable).parent),
+            "DAGSTER_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+            "HOTPOT_ROUTER": "traefik",
+        },
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "HOTPOT_ROUTER='traefik' is not valid: expected one of nginx, ingress-nginx, gateway-api" in (
+        result.stdout + result.stderr
+    )
