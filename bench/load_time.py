@@ -29,7 +29,8 @@ def main() -> None:
     subject_best, subject_median = best_time(SUBJECT)
     print(f"import dagster:            best {base_best:.3f}s  median {base_median:.3f}s")
     print(f"load hotpot_orchestration: best {subject_best:.3f}s  median {subject_median:.3f}s")
-    print(f"ratio (best): {subject_best / base_best:.2f}x   ratio (median): {subject_median / base_median:.2f}x")
+    print(f"ratio (best): {subject_best / base_best:.2f}x")
+    print(f"ratio (median): {subject_median / base_median:.2f}x")
     print("target: <= 1.5x")
 
 

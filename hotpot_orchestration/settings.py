@@ -50,6 +50,7 @@ class Settings:
     prometheus_url: str | None
     router: str
     alert_webhook_url: str | None
+    ui_url: str
 
 
 def _postgres_url(value: str) -> str:
@@ -157,6 +158,7 @@ _VARIABLES = {
     "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
     "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
+    "HOTPOT_UI_URL": ("ui_url", _http_url, "http://127.0.0.1:3000"),
 }
 
 

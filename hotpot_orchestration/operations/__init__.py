@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hotpot_orchestration.platform.planned import planned_sensor
+from hotpot_orchestration.operations.sensors import AlertWebhookResource, run_failure_alert_sensor
 from hotpot_orchestration.settings import Settings
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    return dg.Definitions(sensors=[planned_sensor("run_failure_alert_sensor", issue=7)])
+    webhook_url = dg.EnvVar("HOTPOT_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None
+    return dg.Definitions(
+        sensors=[run_failure_alert_sensor],
+        resources={"alert_webhook": AlertWebhookResource(url=webhook_url, ui_url=settings.ui_url)},
+    )

@@ -109,7 +109,9 @@ def find_pg_bin_dir(configured: str | os.PathLike | None = None) -> Path:
     if configured:
         path = Path(configured)
         if not (path / "pg_dump").is_file():
-            raise PgToolError(f"HOTPOT_PG_BIN_DIR={path} holds no pg_dump: point it at PostgreSQL's bin directory")
+            raise PgToolError(
+                f"HOTPOT_PG_BIN_DIR={path} holds no pg_dump: point it at PostgreSQL's bin directory"
+            )
         return path
     embedded = embedded_bin_dir()
     if embedded:

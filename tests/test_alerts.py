@@ -1,0 +1,115 @@
+"""run_failure_alert_sensor against a real webhook receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from hotpot_orchestration.operations.alerts import post_alert, scrub_secrets
+from hotpot_orchestration.operations.sensors import AlertWebhookResource, run_failure_alert_sensor
+
+SECRET = "hunter2-Secr3t"
+
+
+class Receiver:
+    """A Slack-like webhook on 127.0.0.1 that records what it gets; `fail_next` answers 503 first."""
+
+    def __init__(self, fail_next: int = 0):
+        self.messages: list[dict] = []
+        self.fail_next = fail_next
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail_next:
+                    receiver.fail_next -= 1
+                    self.send_response(503)
+                else:
+                    receiver.messages.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@dg.op
+def load_orders():
+    raise RuntimeError(f"connection to postgresql://app:{SECRET}@db:5432/x refused\nsecond line")
+
+
+@dg.job
+def failing_job():
+    load_orders()
+
+
+def failure_context(instance: dg.DagsterInstance, webhook: AlertWebhookResource):
+    result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    run = instance.get_run_by_id(result.run_id)
+    records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    return dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alert_sensor",
+        dagster_event=records[0].event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+        resources={"alert_webhook": webhook},
+    ).for_run_failure()
+
+
+def test_one_slack_message_per_failed_run_without_secrets(receiver):
+    webhook = AlertWebhookResource(url=receiver.url, ui_url="http://dagster.example:3000")
+    with dg.instance_for_test() as instance:
+        contexts = [failure_context(instance, webhook) for _ in range(2)]
+        for context in contexts:
+            run_failure_alert_sensor(context)
+    assert len(receiver.messages) == 2
+    for context, message in zip(contexts, receiver.messages, strict=True):
+        text = json.dumps(message)
+        assert "failing_job" in message["text"] and "load_orders" in message["text"]
+        assert "connection to postgresql://app:***@db:5432/x refused" in message["text"]
+        assert "second line" not in text
+        assert f"http://dagster.example:3000/runs/{context.dagster_run.run_id}" in text
+        assert SECRET not in text
+
+
+def test_webhook_down_is_retried_then_logged_without_crashing():
+    receiver = Receiver(fail_next=2)
+    try:
+        delivery = post_alert(receiver.url, {"text": "x"}, attempts=3, backoff_s=0.01)
+        assert delivery.delivered and delivery.attempts == 3
+        assert receiver.messages == [{"text": "x"}]
+    finally:
+        receiver.close()
+    # Nothing listens on the port any more: every attempt fails, and the sensor still returns.
+    delivery = post_alert(receiver.url, {"text": "x"}, attempts=2, backoff_s=0.01)
+    assert not delivery.delivered and delivery.attempts == 2
+    assert "token" not in delivery.detail
+    webhook = AlertWebhookResource(url=receiver.url)
+    with dg.instance_for_test() as instance:
+        run_failure_alert_sensor(failure_context(instance, webhook))
+
+
+def test_scrub_secrets_in_urls_and_pairs():
+    assert scrub_secrets("postgresql://u:p@h/db") == "postgresql://u:***@h/db"
+    assert scrub_secrets("PGPASSWORD=abc token: xyz") == "PGPASSWORD=*** token: ***"
