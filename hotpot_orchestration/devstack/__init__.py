@@ -1,0 +1,30 @@
+"""Real services on loopback for `make dev`, the test fixtures and the benchmarks.
+
+Each service is a context manager with `start()` / `stop()` (idempotent, also run at interpreter exit), a free
+port on 127.0.0.1 and a private temp dir removed on stop. Plain Python: no Dagster imports here.
+"""
+
+from ._process import MissingProgram, ServiceError, free_port
+from .nginx import Nginx
+from .postgres import Postgres
+from .prometheus import Prometheus
+from .registry import Registry, push_test_image
+from .s3 import S3Server
+from .sample import SAMPLE_DATABASE, seed_sample
+from .stack import BACKUP_BUCKET, DevStack
+
+__all__ = [
+    "BACKUP_BUCKET",
+    "SAMPLE_DATABASE",
+    "DevStack",
+    "MissingProgram",
+    "Nginx",
+    "Postgres",
+    "Prometheus",
+    "Registry",
+    "S3Server",
+    "ServiceError",
+    "free_port",
+    "push_test_image",
+    "seed_sample",
+]

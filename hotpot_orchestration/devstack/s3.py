@@ -54,7 +54,9 @@ class S3Server(Service):
 
     def _start(self) -> None:
         if importlib.util.find_spec("moto.server") is None or importlib.util.find_spec("flask") is None:
-            raise MissingProgram("moto server", f"install the Python package `moto[server]` into the venv {INSTALL_HINT}")
+            raise MissingProgram(
+                "moto server", f"install the Python package `moto[server]` into the venv {INSTALL_HINT}"
+            )
         self.port = free_port()
         self._spawn([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)])
         self._wait_until(self._answers, f"moto to answer on {self.endpoint_url}")

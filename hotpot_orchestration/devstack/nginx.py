@@ -1,0 +1,150 @@
+"""nginx on 127.0.0.1 as the traffic router, entirely inside its temp dir (no /etc, no /var).
+
+The generated config proxies `/` to the weighted upstream `hotpot_api`; `reload()` swaps in any config text
+the way production does it: `nginx -t` first, then `nginx -s reload`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import httpx
+
+from ._process import Service, ServiceError, find_program, free_port
+
+UPSTREAM = "hotpot_api"
+HEALTH_PATH = "/devstack-health"
+
+Upstreams = Mapping[str, int] | Iterable[str]
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(child) for child in path.read_text().split()} if path.exists() else set()
+
+
+class Nginx(Service):
+    """nginx on 127.0.0.1:<free port> proxying to `upstreams`.
+
+    `upstreams` maps "host:port" to a weight (0 marks the server `down`), or is a list of "host:port" with
+    weight 1 each. With no upstreams every proxied request gets 503.
+    """
+
+    name = "nginx"
+    startup_timeout = 30.0
+
+    def __init__(self, upstreams: Upstreams = (), program: str = "/usr/sbin/nginx"):
+        super().__init__()
+        self.upstreams = dict(upstreams) if isinstance(upstreams, Mapping) else dict.fromkeys(upstreams, 1)
+        self.program = program
+        self.port = 0
+        self._master: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def prefix(self) -> Path:
+        return self.tmp
+
+    @property
+    def conf_path(self) -> Path:
+        return self.tmp / "nginx.conf"
+
+    def render_conf(self, upstreams: Upstreams | None = None) -> str:
+        """The config this instance runs with, for `upstreams` (default: the constructor's)."""
+        if upstreams is None:
+            upstreams = self.upstreams
+        elif not isinstance(upstreams, Mapping):
+            upstreams = dict.fromkeys(upstreams, 1)
+        tmp = self.tmp
+        if upstreams:
+            servers = "".join(
+                f"        server {address} {'down' if weight == 0 else f'weight={weight}'};\n"
+                for address, weight in upstreams.items()
+            )
+            upstream_block = f"    upstream {UPSTREAM} {{\n{servers}    }}\n"
+            route = f"proxy_pass http://{UPSTREAM};"
+        else:
+            upstream_block = ""
+            route = 'return 503 "no upstream configured\\n";'
+        temp_paths = "".join(
+            f"    {kind}_temp_path {tmp}/temp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return (
+            f"worker_processes 1;\n"
+            f"pid {tmp}/nginx.pid;\n"
+            f"error_log {tmp}/logs/error.log notice;\n"
+            f"events {{ worker_connections 256; }}\n"
+            f"http {{\n"
+            f"    access_log {tmp}/logs/access.log;\n"
+            f"{temp_paths}"
+            f"{upstream_block}"
+            f"    server {{\n"
+            f"        listen 127.0.0.1:{self.port};\n"
+            f'        location = {HEALTH_PATH} {{ return 200 "ok\\n"; }}\n'
+            f"        location / {{\n"
+            f"            {route}\n"
+            f"            proxy_set_header Host $host;\n"
+            f"        }}\n"
+            f"    }}\n"
+            f"}}\n"
+        )
+
+    def _argv(self, conf: Path, *extra: str) -> list[str]:
+        # -e: the compiled-in error log under /var/log is opened before the config is read.
+        return [
+            self.program,
+            "-p",
+            f"{self.tmp}/",
+            "-e",
+            f"{self.tmp}/logs/error.log",
+            "-c",
+            str(conf),
+            *extra,
+        ]
+
+    def test_conf(self, conf_text: str) -> None:
+        """Run `nginx -t` on `conf_text`; ServiceError with nginx's output if it is rejected."""
+        candidate = self.tmp / "nginx.conf.new"
+        candidate.write_text(conf_text)
+        result = subprocess.run(self._argv(candidate, "-t"), capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise ServiceError(f"nginx rejected the new config:\n{result.stderr.strip()}")
+
+    def reload(self, conf_text: str, timeout: float = 10.0) -> None:
+        """Test `conf_text`, make it the config, `nginx -s reload`, and wait until new workers serve it."""
+        self.test_conf(conf_text)
+        (self.tmp / "nginx.conf.new").replace(self.conf_path)
+        old_workers = _children(self._master.pid)
+        subprocess.run(
+            self._argv(self.conf_path, "-s", "reload"), capture_output=True, check=True, timeout=30
+        )
+        # The master answers the signal by starting fresh workers; only they accept new connections.
+        self._wait_until(
+            lambda: _children(self._master.pid) - old_workers, "nginx workers with the new config", timeout
+        )
+
+    def set_upstreams(self, upstreams: Upstreams) -> None:
+        """Route to `upstreams` from now on (a reload with the generated config)."""
+        self.reload(self.render_conf(upstreams))
+        self.upstreams = dict(upstreams) if isinstance(upstreams, Mapping) else dict.fromkeys(upstreams, 1)
+
+    def _start(self) -> None:
+        self.program = find_program(self.program, "nginx")
+        for sub in ("logs", "temp"):
+            (self.tmp / sub).mkdir()
+        # As root the workers run as `nobody`; they must be able to reach their temp dirs in here.
+        self.tmp.chmod(0o755)
+        self.port = free_port()
+        self.test_conf(self.render_conf())
+        (self.tmp / "nginx.conf.new").replace(self.conf_path)
+        self._master = self._spawn(self._argv(self.conf_path, "-g", "daemon off;"))
+        self._wait_until(
+            lambda: httpx.get(self.url + HEALTH_PATH, timeout=2).status_code == 200,
+            f"nginx to answer on {self.url}",
+        )
