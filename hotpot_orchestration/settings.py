@@ -51,6 +51,7 @@ class Settings:
     router: str
     alert_webhook_url: str | None
     ui_url: str
+    metrics_textfile: Path | None
 
 
 def _postgres_url(value: str) -> str:
@@ -124,6 +125,13 @@ def _directory(value: str) -> Path:
     return path
 
 
+def _writable_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ValueError("a file path in an existing, writable directory")
+    return path
+
+
 def _pg_bin_dir(value: str) -> Path:
     path = _directory(value)
     if not (path / "pg_dump").is_file():
@@ -159,6 +167,7 @@ _VARIABLES = {
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
     "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
     "HOTPOT_UI_URL": ("ui_url", _http_url, "http://127.0.0.1:3000"),
+    "HOTPOT_METRICS_TEXTFILE": ("metrics_textfile", _writable_file, None),
 }
 
 

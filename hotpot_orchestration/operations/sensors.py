@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.operations.alerts import FailedRun, post_alert, slack_message
+from hotpot_orchestration.operations.health import PipelineHealth, render, write_textfile
 
 
 class AlertWebhookResource(dg.ConfigurableResource):
@@ -56,3 +57,64 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alert_webhook:
             f"alert for run {failed.run_id} NOT delivered after {delivery.attempts} attempts "
             f"({delivery.detail}): {message['text']}"
         )
+
+
+RELEASE_JOBS = ("canary_release_job", "blue_green_release_job")
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+
+
+def _latest_run(instance: dg.DagsterInstance, job_names, statuses=None) -> dg.DagsterRun | None:
+    records = [
+        record
+        for name in job_names
+        for record in instance.get_run_records(dg.RunsFilter(job_name=name, statuses=statuses), limit=1)
+    ]
+    newest = max(records, key=lambda record: record.create_timestamp, default=None)
+    return newest.dagster_run if newest else None
+
+
+def read_health(instance: dg.DagsterInstance) -> PipelineHealth:
+    backup = instance.get_latest_materialization_event(dg.AssetKey("postgres_backup"))
+    drill = instance.get_latest_materialization_event(dg.AssetKey("restore_drill"))
+    drill_run = _latest_run(instance, ["restore_drill_job"], statuses=FINISHED)
+    release_run = _latest_run(instance, RELEASE_JOBS)
+    if release_run is None:
+        release_state = "none"
+    elif release_run.status == dg.DagsterRunStatus.SUCCESS:
+        release_state = "succeeded"
+    elif release_run.status in FINISHED:
+        release_state = "failed"
+    else:
+        release_state = "running"
+    return PipelineHealth(
+        last_backup_at=backup.timestamp if backup else None,
+        last_passing_drill_at=drill.timestamp if drill else None,
+        last_drill_passed=None if drill_run is None else drill_run.status == dg.DagsterRunStatus.SUCCESS,
+        release_state=release_state,
+        release_job=release_run.job_name if release_run else None,
+    )
+
+
+class MetricsTextfileResource(dg.ConfigurableResource):
+    """Where pipeline health is written for node_exporter's textfile collector (HOTPOT_METRICS_TEXTFILE)."""
+
+    path: str | None = None
+
+
+@dg.sensor(
+    name="pipeline_health_sensor",
+    description=(
+        "Every minute, writes the last successful backup and drill and the newest release's state in "
+        "Prometheus format to HOTPOT_METRICS_TEXTFILE (alert rules: deploy/prometheus/pipeline-alerts.yml)."
+    ),
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def pipeline_health_sensor(context: dg.SensorEvaluationContext, metrics_textfile: MetricsTextfileResource):
+    if not metrics_textfile.path:
+        return dg.SkipReason("HOTPOT_METRICS_TEXTFILE is unset: nothing to export")
+    health = read_health(context.instance)
+    write_textfile(metrics_textfile.path, render(health))
+    return dg.SkipReason(
+        f"wrote pipeline health to {metrics_textfile.path} (release: {health.release_state})"
+    )
