@@ -78,7 +78,8 @@ class Nginx(Service):
         return (
             f"worker_processes 1;\n"
             f"pid {tmp}/nginx.pid;\n"
-            f"error_log {tmp}/logs/error.log notice;\n"
+            # stderr is the service's log file, whose tail goes into startup and reload errors.
+            f"error_log stderr notice;\n"
             f"events {{ worker_connections 256; }}\n"
             f"http {{\n"
             f"    access_log {tmp}/logs/access.log;\n"
@@ -96,17 +97,8 @@ class Nginx(Service):
         )
 
     def _argv(self, conf: Path, *extra: str) -> list[str]:
-        # -e: the compiled-in error log under /var/log is opened before the config is read.
-        return [
-            self.program,
-            "-p",
-            f"{self.tmp}/",
-            "-e",
-            f"{self.tmp}/logs/error.log",
-            "-c",
-            str(conf),
-            *extra,
-        ]
+        # -e: otherwise the compiled-in error log under /var/log is opened before the config is read.
+        return [self.program, "-p", f"{self.tmp}/", "-e", "stderr", "-c", str(conf), *extra]
 
     def test_conf(self, conf_text: str) -> None:
         """Run `nginx -t` on `conf_text`; ServiceError with nginx's output if it is rejected."""
@@ -117,16 +109,23 @@ class Nginx(Service):
             raise ServiceError(f"nginx rejected the new config:\n{result.stderr.strip()}")
 
     def reload(self, conf_text: str, timeout: float = 10.0) -> None:
-        """Test `conf_text`, make it the config, `nginx -s reload`, and wait until new workers serve it."""
+        """Test `conf_text`, make it the config, `nginx -s reload`, and wait until only new workers serve.
+
+        Old workers finish their in-flight requests first; a reload the master could not apply (it keeps the
+        old workers then) ends in ServiceError after `timeout` seconds, with nginx's error log.
+        """
         self.test_conf(conf_text)
         (self.tmp / "nginx.conf.new").replace(self.conf_path)
         old_workers = _children(self._master.pid)
         subprocess.run(
             self._argv(self.conf_path, "-s", "reload"), capture_output=True, check=True, timeout=30
         )
-        # The master answers the signal by starting fresh workers; only they accept new connections.
+        # The master starts fresh workers and tells the old ones to quit; until they have, they may still
+        # accept connections under the old config.
         self._wait_until(
-            lambda: _children(self._master.pid) - old_workers, "nginx workers with the new config", timeout
+            lambda: not _children(self._master.pid) & old_workers,
+            "the workers of the previous nginx config to exit",
+            timeout,
         )
 
     def set_upstreams(self, upstreams: Upstreams) -> None:

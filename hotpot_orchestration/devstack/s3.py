@@ -33,9 +33,9 @@ class S3Server(Service):
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def client(self):
-        """A boto3 S3 client for this server."""
-        import boto3
+    def client(self, **kwargs):
+        """A boto3 S3 client for this server; `kwargs` go to `boto3.client` (e.g. `config=`)."""
+        import boto3  # imported on use: slow to import, and most devstack users never need it
 
         return boto3.client(
             "s3",
@@ -43,6 +43,7 @@ class S3Server(Service):
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
+            **kwargs,
         )
 
     def create_bucket(self, name: str) -> None:

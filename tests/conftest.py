@@ -1,0 +1,105 @@
+"""Fixtures that start real services on 127.0.0.1 (see hotpot_orchestration/devstack).
+
+Session-scoped, shared by all tests (create your own databases, buckets and repositories with unique names):
+  postgres    Postgres: .url, .url_for(db), .connect(db), .create_database/.drop_database, .bin_dir, .version
+  s3          S3Server: .endpoint_url, .access_key, .secret_key, .region, .client(), .create_bucket(name)
+  registry    Registry without auth: .host ("127.0.0.1:PORT"), .url, .push_test_image(repo, tag)
+  prometheus  Prometheus scraping only itself: .url, .query(promql), .set_targets(...)
+Function-scoped:
+  fresh_s3         a private S3Server the test may stop ("S3 is down")
+  sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
+  nginx_factory    nginx_factory(upstreams) -> a started Nginx, stopped after the test
+  http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hotpot_orchestration.devstack import Nginx, Postgres, Prometheus, Registry, S3Server, seed_sample
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with Postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    with Registry() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[Prometheus]:
+    with Prometheus(scrape_self=True) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_s3() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def sample_database(postgres: Postgres) -> Iterator[str]:
+    name = f"sample_{uuid.uuid4().hex[:12]}"
+    seed_sample(postgres, name)
+    yield name
+    postgres.drop_database(name)
+
+
+@pytest.fixture
+def nginx_factory() -> Iterator[Callable[..., Nginx]]:
+    started: list[Nginx] = []
+
+    def start(upstreams=()) -> Nginx:
+        server = Nginx(upstreams)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def http_backend() -> Iterator[Callable[[str], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(name: str) -> str:
+        body = name.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # keep pytest output clean
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
