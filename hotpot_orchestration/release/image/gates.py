@@ -1,0 +1,159 @@
+"""CI gates: the checks a source checkout must pass before its image is built.
+
+The source declares them in `gates.yaml` at its top (the sample app's: format, lint, compile, smoke test; the
+real API's: `cargo fmt -- --check`, `cargo clippy -- -D warnings`, `cargo test`, `cargo audit`). They run in
+order in the checkout, each in its own shell with a timeout; the first failure stops the list, and the gates
+after it are reported as not run. Every result keeps the tail of the gate's output for the report.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GATES_FILE = "gates.yaml"
+DEFAULT_TIMEOUT_SECONDS = 600
+TAIL_LINES = 40
+
+
+class GateConfigError(ValueError):
+    """The gates file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    run: str
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    command: str
+    status: str  # "passed", "failed", "timed out" or "not run"
+    exit_code: int | None
+    duration_seconds: float
+    output_tail: str
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+class GateFailed(RuntimeError):
+    """A gate failed: the build must not go on."""
+
+    def __init__(self, result: GateResult, results: Sequence[GateResult]):
+        self.result = result
+        self.results = list(results)
+        what = f"exit code {result.exit_code}" if result.status == "failed" else result.status
+        super().__init__(
+            f"gate {result.name!r} {result.status} ({what}) after {result.duration_seconds:.1f} s: "
+            f"`{result.command}`\n--- last lines of its output ---\n{result.output_tail}"
+        )
+
+
+def parse_gates(data: object, origin: str = GATES_FILE) -> list[Gate]:
+    """Gates from the parsed YAML: `{gates: [{name, run, timeout_seconds?, env?}, ...]}` (or the bare list)."""
+    items = data.get("gates") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise GateConfigError(f"{origin}: expected a `gates:` list")
+    gates, names = [], set()
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not isinstance(item.get("run"), str) or not item["run"].strip():
+            raise GateConfigError(f"{origin}: gate #{position} needs a `run:` command")
+        name = str(item.get("name") or item["run"].split()[0])
+        if name in names:
+            raise GateConfigError(f"{origin}: gate name {name!r} appears twice")
+        names.add(name)
+        unknown = set(item) - {"name", "run", "timeout_seconds", "env"}
+        if unknown:
+            raise GateConfigError(f"{origin}: gate {name!r} has unknown keys {sorted(unknown)}")
+        timeout = item.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise GateConfigError(f"{origin}: gate {name!r} timeout_seconds must be a positive number")
+        env = item.get("env") or {}
+        if not isinstance(env, dict):
+            raise GateConfigError(f"{origin}: gate {name!r} env must be a mapping")
+        gates.append(Gate(name, item["run"], float(timeout), {str(k): str(v) for k, v in env.items()}))
+    return gates
+
+
+def load_gates(source: Path, gates_file: str = GATES_FILE) -> list[Gate]:
+    path = source / gates_file
+    if not path.is_file():
+        raise GateConfigError(
+            f"{path} not found: the source must declare its CI gates (an empty `gates: []` runs none)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise GateConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_gates(data, str(path))
+
+
+def _tail(text: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_gate(gate: Gate, workdir: Path, env: Mapping[str, str] | None = None) -> GateResult:
+    """Run one gate in `workdir` (stdout and stderr together); kill its whole process group on timeout."""
+    environment = {**os.environ, **(env or {}), **gate.env}
+    started = time.monotonic()
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", gate.run],
+        cwd=workdir,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=gate.timeout_seconds)
+        status = "passed" if process.returncode == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        status = "timed out"
+        output += f"\n[killed after {gate.timeout_seconds:g} s]".encode()
+    return GateResult(
+        name=gate.name,
+        command=gate.run,
+        status=status,
+        exit_code=process.returncode,
+        duration_seconds=time.monotonic() - started,
+        output_tail=_tail(output.decode(errors="replace")),
+    )
+
+
+def run_gates(
+    gates: Sequence[Gate],
+    workdir: Path,
+    env: Mapping[str, str] | None = None,
+    on_result: Callable[[GateResult], None] | None = None,
+) -> list[GateResult]:
+    """Run the gates in order; raise `GateFailed` at the first failure (later gates are reported not run)."""
+    results: list[GateResult] = []
+    for position, gate in enumerate(gates):
+        result = run_gate(gate, workdir, env)
+        results.append(result)
+        if on_result:
+            on_result(result)
+        if not result.passed:
+            for skipped in gates[position + 1 :]:
+                not_run = GateResult(skipped.name, skipped.run, "not run", None, 0.0, "")
+                results.append(not_run)
+                if on_result:
+                    on_result(not_run)
+            raise GateFailed(result, results)
+    return results
