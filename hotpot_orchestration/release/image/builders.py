@@ -71,7 +71,8 @@ class BuildahBuilder:
     def check(self) -> None:
         if shutil.which(self.binary) is None:
             raise BuilderUnavailable(
-                f"HOTPOT_IMAGE_BUILDER=buildah but `{self.binary}` is not on PATH (Debian: apt-get install buildah)"
+                f"HOTPOT_IMAGE_BUILDER=buildah but `{self.binary}` is not on PATH"
+                " (Debian: apt-get install buildah)"
             )
 
     def storage_args(self, storage: Path) -> list[str]:
@@ -133,7 +134,8 @@ class DockerBuilder:
             if result.returncode != 0:
                 detail = _tail((result.stderr or result.stdout).strip(), 5)
                 raise BuilderUnavailable(
-                    f"HOTPOT_IMAGE_BUILDER=docker needs {need}: `{self.binary} {' '.join(probe)}` failed: {detail}"
+                    f"HOTPOT_IMAGE_BUILDER=docker needs {need}:"
+                    f" `{self.binary} {' '.join(probe)}` failed: {detail}"
                 )
 
     def build_command(self, request: BuildRequest, archive: Path) -> list[str]:

@@ -63,7 +63,7 @@ class GateFailed(RuntimeError):
 
 
 def parse_gates(data: object, origin: str = GATES_FILE) -> list[Gate]:
-    """Gates from the parsed YAML: `{gates: [{name, run, timeout_seconds?, env?}, ...]}` (or the bare list)."""
+    """Gates from parsed YAML: `{gates: [{name, run, timeout_seconds?, env?}, ...]}` or the bare list."""
     items = data.get("gates") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise GateConfigError(f"{origin}: expected a `gates:` list")

@@ -1,4 +1,4 @@
-"""Gated, immutable image publication: snapshot the source, run its gates, build, push `<short sha>` and `latest`.
+"""Gated, immutable image publication: snapshot the source, run its gates, build, push `<sha>` and `latest`.
 
 The commit tag is immutable. The image is built first (reproducibly) and its digest compared with what the
 registry already holds under the tag:
@@ -80,8 +80,8 @@ def push_image(registry: RegistryClient, repository: str, image: OciImage, tag: 
         return PushOutcome(image.digest, (), 0)
     if existing is not None:
         raise ImmutableTagError(
-            f"{registry.registry}/{repository}:{tag} already names {existing}, but this build of the same commit "
-            f"is {image.digest}: commit tags are immutable, so nothing was pushed (was the build not "
+            f"{registry.registry}/{repository}:{tag} already names {existing}, but this build of the same "
+            f"commit is {image.digest}: commit tags are immutable, so nothing was pushed (was the build not "
             f"reproducible, or was the tag pushed by something else?)"
         )
     uploaded = sum(
