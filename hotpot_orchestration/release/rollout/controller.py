@@ -1,0 +1,153 @@
+"""Running a release step: set the weight, measure every interval for the pause, decide.
+
+The rules (issue #6): a failing measurement stops the step at once; inconclusive measurements are tolerated up
+to the plan's limit and never count as a pass; a step passes only once its pause has elapsed and its latest
+measurement passed; a manual gate additionally needs an operator's approval, while measurements go on.
+Whatever ends a step other than a pass, the caller sends stable all the traffic.
+
+Plain Python: the clock, the sleep and the approval source are passed in, so the rules are tested directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from hotpot_orchestration.release.rollout.analysis import Measurement, Prometheus, measure
+from hotpot_orchestration.release.rollout.plan import Analysis
+
+Outcome = Literal["pass", "fail", "inconclusive", "rejected", "unapproved"]
+# Approval and heartbeats are looked at this often between measurements.
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Approval:
+    approved: bool
+    note: str
+
+
+class Gate(Protocol):
+    timeout: float
+
+    def open(self) -> None:
+        """The step is ready for approval: tell the operator how to give it."""
+
+    def poll(self) -> Approval | None:
+        """The operator's answer given since `open()`, if any."""
+
+
+@dataclass
+class StepResult:
+    outcome: Outcome
+    message: str
+    measurements: list[Measurement] = field(default_factory=list)
+    approval: Approval | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+
+def analyse(
+    prometheus: Prometheus,
+    analysis: Analysis,
+    *,
+    canary: str,
+    stable: str | None,
+    duration: float,
+    baseline: Mapping[str, float | None] | None = None,
+    gate: Gate | None = None,
+    record: Callable[[Measurement], None] = lambda measurement: None,
+    heartbeat: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StepResult:
+    """Measure `canary` every interval for at least `duration` seconds and decide (see the module doc)."""
+    result = StepResult("inconclusive", "")
+    started = clock()
+    next_tick = started + analysis.interval
+    inconclusive = 0
+    gate_opened: float | None = None
+    while True:
+        # Between measurements: keep the heartbeat going and watch for the operator's answer.
+        while (remaining := next_tick - clock()) > 0:
+            sleep(min(remaining, POLL_SECONDS))
+            heartbeat()
+            if gate_opened is not None and _answered(result, gate):
+                return result
+        next_tick += analysis.interval
+        measurement = measure(prometheus, analysis, canary, stable, baseline, now=clock() - started)
+        result.measurements.append(measurement)
+        record(measurement)
+        if measurement.verdict == "fail":
+            return _end(result, "fail", f"failed: {measurement.summary}")
+        if measurement.verdict == "inconclusive":
+            inconclusive += 1
+            if inconclusive > analysis.max_inconclusive:
+                return _end(
+                    result,
+                    "inconclusive",
+                    f"inconclusive {inconclusive} times in a row (limit {analysis.max_inconclusive}): "
+                    f"{measurement.summary}",
+                )
+            continue
+        inconclusive = 0
+        if clock() - started < duration:
+            continue
+        if gate is None:
+            return _end(result, "pass", f"passed {len(result.measurements)} measurements")
+        if gate_opened is None:
+            gate_opened = clock()
+            gate.open()
+        if _answered(result, gate):
+            return result
+        if clock() - gate_opened > gate.timeout:
+            return _end(result, "unapproved", f"no operator approval within {gate.timeout:g}s")
+
+
+def _answered(result: StepResult, gate: Gate) -> bool:
+    """Ends the step on a rejection at any time, or on an approval once the latest measurement passed
+    (an approval never turns an inconclusive measurement into a pass: it waits for the next good one)."""
+    if result.approval is None:
+        result.approval = gate.poll()
+    if result.approval is None:
+        return False
+    if not result.approval.approved:
+        _end(result, "rejected", f"rejected by the operator: {result.approval.note}")
+        return True
+    if result.measurements[-1].verdict == "pass":
+        _end(result, "pass", f"approved by the operator: {result.approval.note}")
+        return True
+    return False
+
+
+def _end(result: StepResult, outcome: Outcome, message: str) -> StepResult:
+    result.outcome = outcome
+    result.message = message
+    return result
+
+
+def wait_healthy(base_url: str, timeout: float, paths: tuple[str, ...] = ("/health", "/ready")) -> None:
+    """Every path answers 200 before `timeout`, or RuntimeError naming the ones that did not."""
+    import httpx  # lazy: only releases probe colours
+
+    deadline = time.monotonic() + timeout
+    failing: dict[str, str] = {}
+    while True:
+        failing = {}
+        for path in paths:
+            try:
+                status = httpx.get(base_url + path, timeout=min(5.0, timeout)).status_code
+                if status != 200:
+                    failing[path] = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                failing[path] = type(exc).__name__
+        if not failing:
+            return
+        if time.monotonic() >= deadline:
+            detail = ", ".join(f"{path}: {why}" for path, why in failing.items())
+            raise RuntimeError(f"{base_url} not healthy after {timeout:g}s ({detail})")
+        time.sleep(0.5)
