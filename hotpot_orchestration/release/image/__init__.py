@@ -1,16 +1,257 @@
-"""The API image: gated build, immutable push, and the sensor that watches the registry for new tags."""
+"""The API image: gated build, immutable push, and the sensor that watches the registry for new tags.
 
-from __future__ import annotations
+The work is in plain modules (`publish`, `gates`, `builders`, `kaniko`, `watch`, `policy`, and the registry
+client in `hotpot_orchestration.platform.registry`); this module only adapts them to Dagster.
+"""
+
+import os
+from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
-from hotpot_orchestration.platform.planned import planned_asset, planned_job, planned_sensor
+from hotpot_orchestration.release.image.resource import (
+    ImageBuildResource,
+    ImageTagPolicyResource,
+    RegistryNotConfigured,
+    RegistryResource,
+    ReleaseImageResource,
+)
 from hotpot_orchestration.settings import Settings
+
+CANARY_JOB = "canary_release_job"
+PRODUCTION_ASSET = dg.AssetKey("production_release")
+RUN_TAG_RELEASE = "hotpot/release"
+RUN_TAG_IMAGE_TAG = "hotpot/image-tag"
+RUN_TAG_IMAGE_DIGEST = "hotpot/image-digest"
+RUN_TAG_IMAGE_REPOSITORY = "hotpot/image-repository"
+
+__all__ = [
+    "ImageBuildResource",
+    "ImageTagPolicyResource",
+    "RegistryResource",
+    "ReleaseImageResource",
+    "api_image",
+    "build_defs",
+    "build_image_job",
+    "new_image_tag_sensor",
+]
+
+
+class GateSpec(dg.Config):
+    name: str
+    run: str = Field(description="shell command run in the source checkout")
+    timeout_seconds: float = 600
+
+
+class ApiImageConfig(dg.Config):
+    gates: list[GateSpec] | None = Field(
+        default=None, description="gates to run instead of the source's gates.yaml (an empty list runs none)"
+    )
+
+
+def _code_block(text: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"```\n{text or '(no output)'}\n```")
+
+
+@dg.asset(
+    name="api_image",
+    group_name="release",
+    kinds={"oci"},
+    description=(
+        "The API image, built from HOTPOT_APP_SOURCE after its CI gates pass, pushed to "
+        "HOTPOT_REGISTRY/HOTPOT_IMAGE_REPOSITORY as the commit's short SHA (immutable) and `latest`."
+    ),
+)
+def api_image(
+    context: dg.AssetExecutionContext,
+    config: ApiImageConfig,
+    registry: RegistryResource,
+    image_build: ImageBuildResource,
+) -> dg.MaterializeResult:
+    from pathlib import Path
+
+    from hotpot_orchestration.platform.registry import RegistryError
+    from hotpot_orchestration.release.image.builders import BuilderUnavailable, BuildFailed
+    from hotpot_orchestration.release.image.gates import Gate, GateConfigError, GateFailed, GateResult
+    from hotpot_orchestration.release.image.publish import build_and_publish
+    from hotpot_orchestration.release.image.source import SourceError
+
+    def on_gate(result: GateResult) -> None:
+        line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s (`{result.command}`)"
+        if result.passed or result.status == "not run":
+            context.log.info(line)
+        else:
+            context.log.error(f"{line}\n{result.output_tail}")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                metadata={
+                    "gate": result.name,
+                    "status": result.status,
+                    "command": result.command,
+                    "exit_code": result.exit_code if result.exit_code is not None else -1,
+                    "duration_seconds": round(result.duration_seconds, 3),
+                    "output_tail": _code_block(result.output_tail),
+                },
+            )
+        )
+
+    gates = None
+    if config.gates is not None:
+        gates = [Gate(spec.name, spec.run, spec.timeout_seconds) for spec in config.gates]
+    try:
+        client = registry.client()
+        with client:
+            build = build_and_publish(
+                source=Path(image_build.source),
+                registry=client,
+                repository=registry.repository,
+                builder=image_build.make_builder(plain_http=client.base_url.startswith("http://")),
+                gates_file=image_build.gates_file,
+                sha_length=image_build.sha_length,
+                work_root=Path(image_build.work_dir) if image_build.work_dir else None,
+                log=context.log.info,
+                on_gate=on_gate,
+                gates=gates,
+            )
+    except GateFailed as failed:
+        raise dg.Failure(
+            description=f"gate {failed.result.name!r} {failed.result.status}: the image was not built",
+            metadata={
+                "gate": failed.result.name,
+                "command": failed.result.command,
+                "exit_code": failed.result.exit_code if failed.result.exit_code is not None else -1,
+                "output_tail": _code_block(failed.result.output_tail),
+                "gates": ", ".join(f"{r.name}: {r.status}" for r in failed.results),
+            },
+            allow_retries=False,
+        ) from None
+    except (
+        BuilderUnavailable,
+        BuildFailed,
+        GateConfigError,
+        RegistryError,
+        RegistryNotConfigured,
+        SourceError,
+    ) as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from error
+
+    metadata: dict[str, Any] = {
+        "image": build.reference,
+        "digest": build.digest,
+        "tag": build.tag,
+        "repository": f"{build.registry}/{build.repository}",
+        "size_bytes": build.size_bytes,
+        "build_seconds": build.build_seconds,
+        "commit": build.commit,
+        "commit_time": dg.MetadataValue.timestamp(build.commit_time),
+        "builder": build.builder,
+        "pushed": build.pushed,
+        "pushed_tags": ", ".join(build.pushed_tags) or "none (the commit tag already held this digest)",
+        "gates": ", ".join(f"{g.name}: {g.status} ({g.duration_seconds:.1f} s)" for g in build.gates)
+        or "none",
+        "dirty_checkout": build.dirty_checkout,
+    }
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(build.digest))
+
+
+build_image_job = dg.define_asset_job(
+    "build_image_job",
+    selection=dg.AssetSelection.assets(api_image),
+    description="Run the source's CI gates, build the API image, push it as its commit tag and `latest`.",
+)
+
+
+def production_digest(instance: dg.DagsterInstance) -> str | None:
+    """The digest production runs: the `digest` metadata of the latest `production_release`, if any."""
+    event = instance.get_latest_materialization_event(PRODUCTION_ASSET)
+    materialization = event.asset_materialization if event else None
+    if materialization is None:
+        return None
+    value = materialization.metadata.get("digest")
+    value = getattr(value, "value", value)
+    return str(value) if value else None
+
+
+@dg.sensor(
+    name="new_image_tag_sensor",
+    job_name=CANARY_JOB,
+    minimum_interval_seconds=60,
+    description=(
+        "Watches HOTPOT_REGISTRY/HOTPOT_IMAGE_REPOSITORY; for the newest tag allowed by the tag policy whose "
+        "digest is new and not in production, requests canary_release_job (one run per digest)."
+    ),
+)
+def new_image_tag_sensor(
+    context: dg.SensorEvaluationContext,
+    registry: RegistryResource,
+    image_tag_policy: ImageTagPolicyResource,
+) -> dg.SensorResult:
+    from hotpot_orchestration.release.image.watch import WatchState, evaluate
+
+    try:
+        client = registry.client()
+        policy = image_tag_policy.policy()
+    except (RegistryNotConfigured, ValueError) as error:
+        return dg.SensorResult(skip_reason=str(error))
+    with client:
+        result = evaluate(
+            client,
+            registry.repository,
+            policy,
+            WatchState.from_cursor(context.cursor),
+            production_digest(context.instance),
+            immutable_tags=image_tag_policy.immutable_tags,
+        )
+    context.log.info(f"{result.requests} registry requests")
+    cursor = result.state.to_cursor()
+    if result.candidate is None:
+        return dg.SensorResult(skip_reason=result.skip_reason, cursor=cursor)
+    candidate = result.candidate
+    image = {
+        "tag": candidate.tag,
+        "digest": candidate.digest,
+        "repository": registry.repository,
+        "registry": registry.registry,
+    }
+    run = dg.RunRequest(
+        run_key=f"release:{candidate.digest}",
+        job_name=CANARY_JOB,
+        run_config={"resources": {"release_image": {"config": image}}},
+        tags={
+            RUN_TAG_RELEASE: "canary",
+            RUN_TAG_IMAGE_TAG: candidate.tag,
+            RUN_TAG_IMAGE_DIGEST: candidate.digest,
+            RUN_TAG_IMAGE_REPOSITORY: f"{registry.registry}/{registry.repository}",
+        },
+    )
+    return dg.SensorResult(run_requests=[run], cursor=cursor)
+
+
+def _secret_env(variable: str):
+    """`EnvVar` for an optional credential: only when the variable is set (an unset EnvVar fails the load)."""
+    return dg.EnvVar(variable) if os.environ.get(variable) else None
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "registry": RegistryResource(
+            registry=settings.registry or "",
+            repository=settings.image_repository,
+            username=_secret_env("HOTPOT_REGISTRY_USERNAME"),
+            password=_secret_env("HOTPOT_REGISTRY_PASSWORD"),
+        ),
+        "image_build": ImageBuildResource(source=str(settings.app_source), builder=settings.image_builder),
+        "image_tag_policy": ImageTagPolicyResource(),
+        "release_image": ReleaseImageResource(),
+    }
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[planned_asset("api_image", issue=5, group_name="release")],
-        jobs=[planned_job("build_image_job", issue=5)],
-        sensors=[planned_sensor("new_image_tag_sensor", issue=5)],
+        assets=[api_image],
+        jobs=[build_image_job],
+        sensors=[new_image_tag_sensor],
+        resources=build_resources(settings),
     )

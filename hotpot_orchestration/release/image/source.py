@@ -33,6 +33,8 @@ class SourceSnapshot:
     timestamp: int  # commit time (epoch seconds): image creation time and file times, for reproducible builds
     dirty: bool  # the checkout has uncommitted changes under the source directory (not built)
     remote_url: str | None  # `origin` remote of the checkout, if any
+    subdir: str = ""  # the source's directory inside its repository ("" at the top)
+    branch: str | None = None  # checked-out branch, if any
 
 
 def _git(cwd: Path, *args: str, binary: bool = False):
@@ -80,11 +82,16 @@ def snapshot_source(source: Path, workspace: Path, sha_length: int = DEFAULT_SHA
         except SourceError:
             remote_url = None
         tag = commit[:sha_length]
+        branch = _git(source, "rev-parse", "--abbrev-ref", "HEAD")
+        branch = None if branch == "HEAD" else branch
     else:
         shutil.copytree(source, workspace, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
         tree = _tree_digest(workspace)
         commit, tag, dirty, remote_url = f"tree:{tree}", f"tree-{tree[:sha_length]}", False, None
+        prefix, branch = "", None
         timestamp = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
     if not (workspace / "Dockerfile").is_file():
         raise SourceError(f"{source} has no committed Dockerfile at its top")
-    return SourceSnapshot(source, workspace, commit, tag, timestamp, dirty, remote_url)
+    return SourceSnapshot(
+        source, workspace, commit, tag, timestamp, dirty, remote_url, prefix.rstrip("/"), branch
+    )
