@@ -125,13 +125,18 @@ def find_pg_bin_dir(configured: str | os.PathLike | None = None) -> Path:
     )
 
 
-def tool_major_version(binary: Path) -> int:
-    """The major version a PostgreSQL client program reports, e.g. 18 for 'pg_dump (PostgreSQL) 18.6'."""
+def tool_version(binary: Path) -> str:
+    """The version a PostgreSQL client program reports, e.g. '18.6' for 'pg_dump (PostgreSQL) 18.6'."""
     try:
         out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as error:
         raise PgToolError(f"{binary} --version failed: {error}") from None
-    match = re.search(r"\)\s+(\d+)", out)
+    match = re.search(r"\)\s+(\d+(?:\.\d+)*)", out)
     if not match:
         raise PgToolError(f"cannot read a version from {binary} --version: {out.strip()!r}")
-    return int(match.group(1))
+    return match.group(1)
+
+
+def tool_major_version(binary: Path) -> int:
+    """The major version a PostgreSQL client program reports, e.g. 18 for 'pg_dump (PostgreSQL) 18.6'."""
+    return int(tool_version(binary).split(".")[0])
