@@ -1,0 +1,77 @@
+"""CI gates: parsing gates.yaml, running them in order, stopping at the first failure with its tail."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hotpot_orchestration.release.image.gates import (
+    Gate,
+    GateConfigError,
+    GateFailed,
+    load_gates,
+    parse_gates,
+    run_gates,
+)
+from hotpot_orchestration.settings import SAMPLE_APP_DIR
+
+
+def test_sample_app_declares_gates_that_run_here():
+    names = [gate.name for gate in load_gates(SAMPLE_APP_DIR)]
+    assert names == ["format", "lint", "compile", "smoke-test"]
+
+
+def test_parse_errors_are_specific(tmp_path):
+    with pytest.raises(GateConfigError, match="needs a `run:`"):
+        parse_gates({"gates": [{"name": "x"}]})
+    with pytest.raises(GateConfigError, match="appears twice"):
+        parse_gates({"gates": [{"name": "a", "run": "true"}, {"name": "a", "run": "true"}]})
+    with pytest.raises(GateConfigError, match="unknown keys"):
+        parse_gates({"gates": [{"run": "true", "command": "x"}]})
+    with pytest.raises(GateConfigError, match="timeout_seconds"):
+        parse_gates({"gates": [{"run": "true", "timeout_seconds": 0}]})
+    with pytest.raises(GateConfigError, match="not found"):
+        load_gates(tmp_path)
+    (tmp_path / "gates.yaml").write_text("gates: [unclosed")
+    with pytest.raises(GateConfigError, match="not valid YAML"):
+        load_gates(tmp_path)
+    assert parse_gates([{"run": "cargo test --all"}])[0].name == "cargo"
+    assert parse_gates({"gates": []}) == []
+
+
+def test_gates_run_in_order_and_a_failure_stops_the_rest(tmp_path):
+    gates = [
+        Gate("first", "echo one > first.txt"),
+        Gate("broken", "for i in $(seq 1 100); do echo line $i; done; echo oops >&2; exit 3"),
+        Gate("never", "touch never.txt"),
+    ]
+    reported = []
+    with pytest.raises(GateFailed) as failed:
+        run_gates(gates, tmp_path, on_result=reported.append)
+    assert [(r.name, r.status) for r in reported] == [
+        ("first", "passed"),
+        ("broken", "failed"),
+        ("never", "not run"),
+    ]
+    assert (tmp_path / "first.txt").exists() and not (tmp_path / "never.txt").exists()
+    result = failed.value.result
+    assert result.exit_code == 3
+    tail = result.output_tail.splitlines()
+    assert len(tail) == 40 and tail[-1] == "oops" and tail[0] == "line 62"
+    assert "gate 'broken' failed (exit code 3)" in str(failed.value)
+    assert "oops" in str(failed.value)
+
+
+def test_a_hung_gate_is_killed_with_its_children(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(GateFailed) as failed:
+        run_gates([Gate("hang", "sleep 30 & sleep 30; wait", timeout_seconds=0.5)], tmp_path)
+    assert time.monotonic() - started < 10
+    assert failed.value.result.status == "timed out"
+    assert "killed after 0.5 s" in failed.value.result.output_tail
+
+
+def test_gate_env_is_passed(tmp_path):
+    results = run_gates([Gate("env", 'test "$GREETING" = hello', env={"GREETING": "hello"})], tmp_path)
+    assert results[0].passed
