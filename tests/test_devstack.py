@@ -24,8 +24,8 @@ from hotpot_orchestration.devstack import (
     Prometheus,
     Registry,
     ServiceError,
+    port_is_open,
 )
-from hotpot_orchestration.devstack._process import port_is_open
 from hotpot_orchestration.devstack.postgres import embedded_bin_dir
 
 pytestmark = pytest.mark.timeout(120)

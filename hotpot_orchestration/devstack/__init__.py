@@ -4,7 +4,7 @@ Each service is a context manager with `start()` / `stop()` (idempotent, also ru
 port on 127.0.0.1 and a private temp dir removed on stop. Plain Python: no Dagster imports here.
 """
 
-from ._process import MissingProgram, ServiceError, free_port
+from ._process import MissingProgram, ServiceError, free_port, port_is_open
 from .nginx import Nginx
 from .postgres import Postgres
 from .prometheus import Prometheus
@@ -25,6 +25,7 @@ __all__ = [
     "S3Server",
     "ServiceError",
     "free_port",
+    "port_is_open",
     "push_test_image",
     "seed_sample",
 ]

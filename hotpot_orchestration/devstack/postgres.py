@@ -213,9 +213,9 @@ class Postgres(Service):
         return str(server_bin / "initdb"), str(server_bin / "postgres")
 
     def _start(self) -> None:
+        initdb, postgres = self._server_programs()
         for program in CLIENT_PROGRAMS:
             self._program(program)
-        initdb, postgres = self._server_programs()
         self.port = free_port()
         self.password = secrets.token_urlsafe(24)
         data = self.tmp / "data"
