@@ -137,9 +137,9 @@ def test_local_instance_validates_and_loads_on_sqlite(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     shutil.copy(LOCAL_YAML, home / "dagster.yaml")
 
-    ref, processed = validate_instance(_load(LOCAL_YAML), home)
+    ref, _ = validate_instance(_load(LOCAL_YAML), home)
     assert ref.storage_data.class_name == "DagsterSqliteStorage"
-    assert processed["storage_data"]["base_dir"] == str(home)
+    assert ref.storage_data.config_dict["base_dir"] == str(home)
 
     with DagsterInstance.from_ref(ref) as instance:
         queue = instance.run_coordinator.get_run_queue_config()
@@ -154,7 +154,7 @@ def test_local_instance_validates_and_loads_on_sqlite(tmp_path, monkeypatch):
 
 def test_local_instance_settings():
     config = _load(LOCAL_YAML)
-    assert config["storage"] == {"sqlite": {"base_dir": {"env": "DAGSTER_HOME"}}}
+    assert "storage" not in config, "the default SQLite storage under DAGSTER_HOME"
     _assert_one_release_slot(config)
     _assert_common_settings(config)
 
