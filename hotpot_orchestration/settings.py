@@ -41,6 +41,7 @@ class Settings:
     backup_min_keep: int
     backup_kms_key_id: str | None
     timezone: str
+    restore_drill_cron: str
     aws_endpoint_url: str | None
     aws_region: str
     registry: str | None
@@ -118,6 +119,13 @@ def _timezone(value: str) -> str:
     return value
 
 
+def _cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,-]+", field) for field in fields):
+        raise ValueError("a five-field cron expression such as '0 4 * * *'")
+    return " ".join(fields)
+
+
 def _directory(value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_dir():
@@ -157,6 +165,8 @@ _VARIABLES = {
     "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _positive_int, 7),
     "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
+    # After the 02:00 nightly backup (and its verification) has finished.
+    "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),
     "AWS_ENDPOINT_URL": ("aws_endpoint_url", _http_url, None),
     "AWS_REGION": ("aws_region", str, "us-east-1"),
     "HOTPOT_REGISTRY": ("registry", _registry, None),
