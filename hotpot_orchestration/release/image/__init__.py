@@ -54,6 +54,20 @@ def _code_block(text: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"```\n{text or '(no output)'}\n```")
 
 
+def _gate_observation(asset_key: dg.AssetKey, result) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=asset_key,
+        metadata={
+            "gate": result.name,
+            "status": result.status,
+            "command": result.command,
+            "exit_code": result.exit_code if result.exit_code is not None else -1,
+            "duration_seconds": round(result.duration_seconds, 3),
+            "output_tail": _code_block(result.output_tail),
+        },
+    )
+
+
 @dg.asset(
     name="api_image",
     group_name="release",
@@ -68,53 +82,42 @@ def api_image(
     config: ApiImageConfig,
     registry: RegistryResource,
     image_build: ImageBuildResource,
-) -> dg.MaterializeResult:
+):
+    """Each gate is reported as an observation of `api_image` as soon as it ends; a failed gate fails the
+    step with its output's tail, and nothing is built."""
     from pathlib import Path
 
     from hotpot_orchestration.platform.registry import RegistryError
     from hotpot_orchestration.release.image.builders import BuilderUnavailable, BuildFailed
-    from hotpot_orchestration.release.image.gates import Gate, GateConfigError, GateFailed, GateResult
-    from hotpot_orchestration.release.image.publish import build_and_publish
+    from hotpot_orchestration.release.image.gates import Gate, GateConfigError, GateFailed
+    from hotpot_orchestration.release.image.publish import BuildSession
     from hotpot_orchestration.release.image.source import SourceError
-
-    def on_gate(result: GateResult) -> None:
-        line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s (`{result.command}`)"
-        if result.passed or result.status == "not run":
-            context.log.info(line)
-        else:
-            context.log.error(f"{line}\n{result.output_tail}")
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=context.asset_key,
-                metadata={
-                    "gate": result.name,
-                    "status": result.status,
-                    "command": result.command,
-                    "exit_code": result.exit_code if result.exit_code is not None else -1,
-                    "duration_seconds": round(result.duration_seconds, 3),
-                    "output_tail": _code_block(result.output_tail),
-                },
-            )
-        )
 
     gates = None
     if config.gates is not None:
         gates = [Gate(spec.name, spec.run, spec.timeout_seconds) for spec in config.gates]
     try:
         client = registry.client()
-        with client:
-            build = build_and_publish(
+        with (
+            client,
+            BuildSession(
                 source=Path(image_build.source),
                 registry=client,
                 repository=registry.repository,
                 builder=image_build.make_builder(plain_http=client.base_url.startswith("http://")),
-                gates_file=image_build.gates_file,
                 sha_length=image_build.sha_length,
                 work_root=Path(image_build.work_dir) if image_build.work_dir else None,
                 log=context.log.info,
-                on_gate=on_gate,
-                gates=gates,
-            )
+            ) as session,
+        ):
+            for result in session.gates(gates, image_build.gates_file):
+                line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s"
+                if result.status in ("failed", "timed out"):
+                    context.log.error(f"{line}\n{result.output_tail}")
+                else:
+                    context.log.info(line)
+                yield _gate_observation(context.asset_key, result)
+            build = session.build_and_push()
     except GateFailed as failed:
         raise dg.Failure(
             description=f"gate {failed.result.name!r} {failed.result.status}: the image was not built",
@@ -145,7 +148,7 @@ def api_image(
         "size_bytes": build.size_bytes,
         "build_seconds": build.build_seconds,
         "commit": build.commit,
-        "commit_time": dg.MetadataValue.timestamp(build.commit_time),
+        "commit_time": dg.MetadataValue.timestamp(float(build.commit_time)),
         "builder": build.builder,
         "pushed": build.pushed,
         "pushed_tags": ", ".join(build.pushed_tags) or "none (the commit tag already held this digest)",
@@ -153,7 +156,7 @@ def api_image(
         or "none",
         "dirty_checkout": build.dirty_checkout,
     }
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(build.digest))
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(build.digest))
 
 
 build_image_job = dg.define_asset_job(

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,27 @@ def run_gate(gate: Gate, workdir: Path, env: Mapping[str, str] | None = None) ->
     )
 
 
+def iter_gates(
+    gates: Sequence[Gate], workdir: Path, env: Mapping[str, str] | None = None
+) -> Iterator[GateResult]:
+    """Run the gates in order, yielding each result as it comes; after a failure the rest are `not run`."""
+    failed = False
+    for gate in gates:
+        if failed:
+            yield GateResult(gate.name, gate.run, "not run", None, 0.0, "")
+            continue
+        result = run_gate(gate, workdir, env)
+        failed = not result.passed
+        yield result
+
+
+def check_gate_results(results: Sequence[GateResult]) -> None:
+    """Raise `GateFailed` for the first gate that did not pass."""
+    for result in results:
+        if result.status in ("failed", "timed out"):
+            raise GateFailed(result, results)
+
+
 def run_gates(
     gates: Sequence[Gate],
     workdir: Path,
@@ -144,16 +165,9 @@ def run_gates(
 ) -> list[GateResult]:
     """Run the gates in order; raise `GateFailed` at the first failure (later gates are reported not run)."""
     results: list[GateResult] = []
-    for position, gate in enumerate(gates):
-        result = run_gate(gate, workdir, env)
+    for result in iter_gates(gates, workdir, env):
         results.append(result)
         if on_result:
             on_result(result)
-        if not result.passed:
-            for skipped in gates[position + 1 :]:
-                not_run = GateResult(skipped.name, skipped.run, "not run", None, 0.0, "")
-                results.append(not_run)
-                if on_result:
-                    on_result(not_run)
-            raise GateFailed(result, results)
+    check_gate_results(results)
     return results

@@ -15,14 +15,21 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hotpot_orchestration.platform.registry import RegistryClient, RegistryError, sha256_digest
 from hotpot_orchestration.release.image.builders import BuildRequest
-from hotpot_orchestration.release.image.gates import GATES_FILE, Gate, GateResult, load_gates, run_gates
+from hotpot_orchestration.release.image.gates import (
+    GATES_FILE,
+    Gate,
+    GateResult,
+    check_gate_results,
+    iter_gates,
+    load_gates,
+)
 from hotpot_orchestration.release.image.source import DEFAULT_SHA_LENGTH, SourceSnapshot, snapshot_source
 
 LATEST = "latest"
@@ -131,56 +138,86 @@ def image_labels(snapshot: SourceSnapshot) -> dict[str, str]:
     return labels
 
 
-def build_and_publish(
-    *,
-    source: Path,
-    registry: RegistryClient,
-    repository: str,
-    builder,
-    gates_file: str = GATES_FILE,
-    sha_length: int = DEFAULT_SHA_LENGTH,
-    work_root: Path | None = None,
-    log: Callable[[str], None] = print,
-    on_gate: Callable[[GateResult], None] | None = None,
-    gates: Sequence[Gate] | None = None,
-) -> ImageBuild:
-    """The whole of `api_image`: snapshot, gates (raising `GateFailed`), build, immutable push.
+class BuildSession:
+    """One build of the source: a scratch directory with a clean snapshot of the commit, the gates run in
+    it, then the build and the immutable push. A context manager: the scratch directory goes on exit.
+    """
 
-    `gates` replaces the source's gates file when given."""
-    builder.check()
-    if work_root is not None:
-        work_root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="hotpot-image-", dir=work_root))
-    try:
-        snapshot = snapshot_source(source, scratch / "source", sha_length)
-        log(f"source {snapshot.origin} at {snapshot.commit} (tag {snapshot.tag})")
+    def __init__(
+        self,
+        *,
+        source: Path,
+        registry: RegistryClient,
+        repository: str,
+        builder,
+        sha_length: int = DEFAULT_SHA_LENGTH,
+        work_root: Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.source, self.registry, self.repository, self.builder = source, registry, repository, builder
+        self.sha_length, self.work_root, self.log = sha_length, work_root, log
+        self.scratch: Path | None = None
+        self.snapshot: SourceSnapshot | None = None
+        self.gate_results: list[GateResult] = []
+
+    def __enter__(self) -> BuildSession:
+        self.builder.check()
+        if self.work_root is not None:
+            self.work_root.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix="hotpot-image-", dir=self.work_root))
+        try:
+            self.snapshot = snapshot_source(self.source, self.scratch / "source", self.sha_length)
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        snapshot = self.snapshot
+        self.log(f"source {snapshot.origin} at {snapshot.commit} (tag {snapshot.tag})")
         if snapshot.dirty:
-            log("the checkout has uncommitted changes under the source: they are not part of this build")
+            self.log("the checkout has uncommitted changes under the source: they are not part of this build")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def gates(
+        self, gates: Sequence[Gate] | None = None, gates_file: str = GATES_FILE
+    ) -> Iterator[GateResult]:
+        """Run the gates (the source's gates file unless given), yielding each result as it comes."""
+        assert self.snapshot is not None, "enter the session first"
         if gates is None:
-            gates = load_gates(snapshot.workspace, gates_file)
-        results = run_gates(gates, snapshot.workspace, on_result=on_gate)
+            gates = load_gates(self.snapshot.workspace, gates_file)
+        for result in iter_gates(gates, self.snapshot.workspace):
+            self.gate_results.append(result)
+            yield result
+
+    def build_and_push(self) -> ImageBuild:
+        """Build and push; refuses to run unless every gate passed (raises `GateFailed` otherwise)."""
+        assert self.snapshot is not None and self.scratch is not None, "enter the session first"
+        check_gate_results(self.gate_results)
+        snapshot, registry, repository = self.snapshot, self.registry, self.repository
         started = time.monotonic()
         request = BuildRequest(
             context=snapshot.workspace,
-            output=scratch / "oci",
+            output=self.scratch / "oci",
             timestamp=snapshot.timestamp,
             labels=image_labels(snapshot),
         )
-        if getattr(builder, "builds_remotely", False):
-            outcome = builder.build_and_push(request, snapshot, registry, repository, log=log)
+        if getattr(self.builder, "builds_remotely", False):
+            outcome = self.builder.build_and_push(request, snapshot, registry, repository, log=self.log)
             build_seconds = time.monotonic() - started
             digest, size, pushed_tags = outcome.digest, outcome.size_bytes, outcome.pushed_tags
         else:
-            builder.build(request, log=log)
+            self.builder.build(request, log=self.log)
             build_seconds = time.monotonic() - started
             image = read_layout(request.output)
-            log(f"built {image.digest} ({image.size_bytes} bytes) in {build_seconds:.1f} s")
+            self.log(f"built {image.digest} ({image.size_bytes} bytes) in {build_seconds:.1f} s")
             pushed = push_image(registry, repository, image, snapshot.tag)
             digest, size, pushed_tags = image.digest, image.size_bytes, pushed.pushed_tags
         if pushed_tags:
-            log(f"pushed {registry.registry}/{repository} tags {', '.join(pushed_tags)} -> {digest}")
+            self.log(f"pushed {registry.registry}/{repository} tags {', '.join(pushed_tags)} -> {digest}")
         else:
-            log(f"{registry.registry}/{repository}:{snapshot.tag} already is {digest}: nothing pushed")
+            self.log(f"{registry.registry}/{repository}:{snapshot.tag} already is {digest}: nothing pushed")
         return ImageBuild(
             registry=registry.registry,
             repository=repository,
@@ -190,10 +227,25 @@ def build_and_publish(
             build_seconds=round(build_seconds, 3),
             commit=snapshot.commit,
             commit_time=snapshot.timestamp,
-            builder=builder.name,
+            builder=self.builder.name,
             pushed_tags=tuple(pushed_tags),
             dirty_checkout=snapshot.dirty,
-            gates=tuple(results),
+            gates=tuple(self.gate_results),
         )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def build_and_publish(
+    *,
+    gates: Sequence[Gate] | None = None,
+    gates_file: str = GATES_FILE,
+    on_gate: Callable[[GateResult], None] | None = None,
+    **session_args,
+) -> ImageBuild:
+    """The whole of `api_image` in one call: snapshot, gates (raising `GateFailed`), build, immutable push.
+
+    `gates` replaces the source's gates file when given."""
+    with BuildSession(**session_args) as session:
+        for result in session.gates(gates, gates_file):
+            if on_gate:
+                on_gate(result)
+        return session.build_and_push()

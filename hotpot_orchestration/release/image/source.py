@@ -72,7 +72,13 @@ def snapshot_source(source: Path, workspace: Path, sha_length: int = DEFAULT_SHA
     if _is_git_checkout(source):
         commit = _git(source, "rev-parse", "HEAD")
         prefix = _git(source, "rev-parse", "--show-prefix")
-        archive = _git(source, "archive", "--format=tar", f"HEAD:{prefix}" if prefix else "HEAD", binary=True)
+        top = Path(_git(source, "rev-parse", "--show-toplevel"))
+        try:
+            archive = _git(
+                top, "archive", "--format=tar", f"HEAD:{prefix}" if prefix else "HEAD", binary=True
+            )
+        except SourceError as error:
+            raise SourceError(f"{source} is not committed at HEAD ({error})") from None
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(workspace, filter="data")
         timestamp = int(_git(source, "log", "-1", "--format=%ct", "HEAD"))
