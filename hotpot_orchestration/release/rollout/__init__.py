@@ -1,26 +1,42 @@
-"""Staged canary and blue-green releases judged on real metrics, and rollback."""
+"""Staged canary and blue-green releases judged on real metrics, and rollback.
+
+The plan (rollout_plan.yaml) is validated when the code location loads and generates one asset per step,
+`canary_weight_<W>`, between `api_image` and `production_release`, all in `canary_release_job`.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from hotpot_orchestration.platform.planned import planned_asset, planned_job, planned_sensor
+from hotpot_orchestration.release.rollout.plan import RolloutPlan, load_plan
+from hotpot_orchestration.release.rollout.releases import (
+    APPROVAL_SPEC,
+    blue_green_job,
+    canary_assets,
+    canary_job,
+    rollback_job,
+)
+from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 from hotpot_orchestration.settings import Settings
 
-CANARY_WEIGHTS = (20, 40, 60, 80)
+
+def build_rollout_defs(plan: RolloutPlan) -> dg.Definitions:
+    """Assets, jobs and the sensor for `plan`; the resources come from the caller."""
+    return dg.Definitions(
+        assets=[*canary_assets(plan), APPROVAL_SPEC],
+        jobs=[canary_job(plan), blue_green_job(plan), rollback_job],
+        sensors=[release_failure_sensor],
+    )
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    steps, upstream = [], "api_image"
-    for weight in CANARY_WEIGHTS:
-        steps.append(planned_asset(f"canary_weight_{weight}", issue=6, deps=[upstream], group_name="release"))
-        upstream = f"canary_weight_{weight}"
-    return dg.Definitions(
-        assets=[*steps, planned_asset("production_release", issue=6, deps=[upstream], group_name="release")],
-        jobs=[
-            planned_job("canary_release_job", issue=6),
-            planned_job("blue_green_release_job", issue=6),
-            planned_job("rollback_job", issue=6),
-        ],
-        sensors=[planned_sensor("release_failure_sensor", issue=6)],
+    return dg.Definitions.merge(
+        build_rollout_defs(load_plan()),
+        dg.Definitions(
+            resources={
+                "traffic_router": TrafficRouterResource(kind=settings.router),
+                "canary_prometheus": CanaryPrometheusResource(url=settings.prometheus_url),
+            }
+        ),
     )

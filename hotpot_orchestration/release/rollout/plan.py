@@ -65,7 +65,6 @@ class Step:
 
 @dataclass(frozen=True)
 class BlueGreen:
-    health_timeout: float
     analysis: float
     scale_down_delay: float
 
@@ -75,6 +74,7 @@ class RolloutPlan:
     analysis: Analysis
     steps: tuple[Step, ...]
     approval_timeout: float
+    health_timeout: float
     blue_green: BlueGreen
     source: str
 
@@ -179,7 +179,7 @@ def _steps(raw: object) -> tuple[Step, ...]:
 
 
 def _blue_green(raw: object) -> BlueGreen:
-    keys = {"health_timeout", "analysis", "scale_down_delay"}
+    keys = {"analysis", "scale_down_delay"}
     raw = _mapping(raw, "blue_green", keys, keys)
     return BlueGreen(**{key: parse_duration(raw[key], f"blue_green.{key}") for key in keys})
 
@@ -190,7 +190,7 @@ def parse_plan(text: str, source: str = "<plan>") -> RolloutPlan:
     except yaml.YAMLError as exc:
         raise PlanError(f"rollout plan {source}: not valid YAML: {exc}") from None
     try:
-        sections = {"analysis", "steps", "approval_timeout", "blue_green"}
+        sections = {"analysis", "steps", "approval_timeout", "health_timeout", "blue_green"}
         raw = _mapping(raw, "plan", sections, sections)
         analysis = _analysis(raw["analysis"])
         steps = _steps(raw["steps"])
@@ -203,6 +203,7 @@ def parse_plan(text: str, source: str = "<plan>") -> RolloutPlan:
             analysis=analysis,
             steps=steps,
             approval_timeout=parse_duration(raw["approval_timeout"], "approval_timeout"),
+            health_timeout=parse_duration(raw["health_timeout"], "health_timeout"),
             blue_green=_blue_green(raw["blue_green"]),
             source=source,
         )

@@ -1,0 +1,447 @@
+"""Dagster side of releases: the canary step assets generated from the plan, production_release, the
+blue-green and rollback jobs. Thin: `controller`, `analysis`, `gates` and the routers make the decisions.
+
+Safety rules kept here:
+- Every release step runs under `_stable_on_error`: whatever ends it early (a failed or inconclusive
+  analysis, an error, the run being terminated) sends stable all the traffic before the step ends.
+- A step other than the first refuses to run unless the router is at the previous step's weight, so
+  materializing one step by hand (or re-executing from a failure) cannot skip the gates and the deployment.
+- Release runs record their worker and a heartbeat (see `liveness`) for release_failure_sensor.
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.rollout.analysis import Measurement, stable_values
+from hotpot_orchestration.release.rollout.controller import Approval, StepResult, analyse, wait_healthy
+from hotpot_orchestration.release.rollout.gates import GateFailed, backup_gate, image_gate, require
+from hotpot_orchestration.release.rollout.liveness import HEARTBEAT_SECONDS, worker_key, worker_record
+from hotpot_orchestration.release.rollout.plan import RolloutPlan, Step
+from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.routers import Router, RouteState
+
+GROUP = "release"
+APPROVAL_ASSET = "release_approval"
+# The run queue (dagster.yaml) allows one run at a time with the key `hotpot/release`: two releases never
+# move traffic at once, and a second one waits in the queue. Automatic retries are off: a half-done traffic
+# shift is undone by release_failure_sensor, never replayed.
+RELEASE_TAGS = {"hotpot/release": "release", "dagster/max_retries": "0"}
+# rollback_job must NOT carry `hotpot/release`: the limit counts every value of that key, so a rollback
+# would queue behind the very release it has to stop. It gets a key of its own instead.
+ROLLBACK_TAGS = {"hotpot/rollback": "manual"}
+CANARY_JOB, BLUE_GREEN_JOB, ROLLBACK_JOB = "canary_release_job", "blue_green_release_job", "rollback_job"
+RELEASE_JOBS = (CANARY_JOB, BLUE_GREEN_JOB)
+
+
+@contextmanager
+def _alive(context) -> Iterator[None]:
+    """Record this worker and keep a heartbeat going while a release step runs."""
+    storage, key = context.instance.run_storage, worker_key(context.run_id)
+    storage.set_cursor_values({key: worker_record()})
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            storage.set_cursor_values({key: worker_record()})
+
+    thread = threading.Thread(target=beat, name="release-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextmanager
+def _stable_on_error(context, router: Router) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:  # also on termination (DagsterExecutionInterruptedError) and Ctrl-C
+        try:
+            state = router.set_weight(0)
+            context.log.warning(f"Stable ({state.live}) serves all traffic again.")
+        except Exception as exc:  # the run fails anyway; release_failure_sensor retries the rollback
+            context.log.error(f"Could not return stable to 100 %: {exc}")
+        raise
+
+
+def _image(release_image: ReleaseImageResource) -> ReleaseImageResource:
+    if not release_image.is_set:
+        raise dg.Failure(
+            description="No image to release: give resources.release_image.config {tag, digest, repository, "
+            "registry} (new_image_tag_sensor does this for every new tag)."
+        )
+    return release_image
+
+
+def _gates_and_deploy(
+    context,
+    plan: RolloutPlan,
+    router: Router,
+    image: ReleaseImageResource,
+    registry: RegistryResource,
+    backup_storage: BackupStorageResource,
+) -> RouteState:
+    """Check the safety gates, put the image on the idle colour (no traffic) and wait until it is healthy."""
+
+    def resolve_digest() -> str | None:
+        if image.registry != registry.registry:
+            raise ValueError(
+                f"the image is in {image.registry}, the configured registry is {registry.registry}"
+            )
+        with registry.client() as client:
+            return client.manifest_digest(image.repository, image.digest)
+
+    def latest_verified_backup():
+        from hotpot_orchestration.backups.catalog import latest_backup
+
+        return latest_backup(backup_storage.client(), backup_storage.bucket, backup_storage.prefix)
+
+    results = [
+        backup_gate(latest_verified_backup, datetime.now(UTC)),
+        image_gate(resolve_digest, image.reference, image.digest),
+    ]
+    for result in results:
+        context.log.info(f"gate '{result.name}': {'passed' if result.passed else 'FAILED'}: {result.detail}")
+    try:
+        require(results)
+    except GateFailed as exc:
+        metadata = {
+            result.name: f"{'passed' if result.passed else 'failed'}: {result.detail}" for result in results
+        }
+        raise dg.Failure(description=str(exc), metadata=metadata) from None
+    state = router.state()
+    if state.canary_weight:
+        # Left over by a run that died before release_failure_sensor saw it: the idle colour is about to
+        # get a new image, so it must serve nothing first.
+        state = router.set_weight(0)
+    context.log.info(
+        f"Deploying {image.tagged_reference} to the idle colour {state.idle} (live: {state.live})"
+    )
+    router.deploy(state.idle, image.tagged_reference)
+    wait_healthy(router.health_url(state.idle), plan.health_timeout)
+    return state
+
+
+def _measurement_metadata(measurement: Measurement) -> dict:
+    return {
+        "verdict": measurement.verdict,
+        "summary": measurement.summary,
+        "seconds_into_analysis": round(measurement.at, 3),
+        "decisions": dg.MetadataValue.json([decision.as_metadata() for decision in measurement.decisions]),
+    }
+
+
+def _recorder(context, asset_key: str, label: str):
+    def record(measurement: Measurement) -> None:
+        context.log.info(f"{label}: measurement {measurement.verdict}: {measurement.summary}")
+        context.log_event(
+            dg.AssetObservation(asset_key=asset_key, metadata=_measurement_metadata(measurement))
+        )
+
+    return record
+
+
+def _result_metadata(result: StepResult) -> dict:
+    metadata = {
+        "outcome": result.outcome,
+        "decision": result.message,
+        "measurements": len(result.measurements),
+    }
+    if result.measurements:
+        metadata.update(_measurement_metadata(result.measurements[-1]))
+    if result.approval:
+        metadata["approval"] = result.approval.note
+    return metadata
+
+
+class OperatorApproval:
+    """A manual gate answered from the UI: the operator reports a materialization of `release_approval`.
+
+    Any report made after the gate opened counts (only one release runs at a time). Its description is the
+    note recorded with the step; a description starting with "reject" rejects the step instead.
+    """
+
+    def __init__(self, context, step: Step, timeout: float):
+        self.context = context
+        self.step = step
+        self.timeout = timeout
+        self.opened_at = time.time()
+
+    def open(self) -> None:
+        self.opened_at = time.time()
+        self.context.log.warning(
+            f"{self.step.label} passed its analysis and waits for approval (up to {self.timeout:g}s): in "
+            f"the UI, open the asset {APPROVAL_ASSET} and choose 'Report materialization event'. A "
+            "description starting with 'reject' rejects the release; terminating the run rolls it back too."
+        )
+
+    def poll(self) -> Approval | None:
+        event = self.context.instance.get_latest_materialization_event(dg.AssetKey(APPROVAL_ASSET))
+        if event is None or event.timestamp <= self.opened_at:
+            return None
+        note = (event.asset_materialization.description or "").strip()
+        return Approval(
+            approved=not note.lower().startswith("reject"), note=note or "approved without a note"
+        )
+
+
+def _expect_weight(state: RouteState, weight: int, what: str) -> None:
+    if state.canary_weight != weight:
+        raise dg.Failure(
+            description=f"{what} expects the canary at {weight} % (the previous step), the router is at "
+            f"{state.canary_weight} %: start the release from its first step (canary_release_job)."
+        )
+
+
+def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.AssetsDefinition:
+    first = step.number == 1
+    previous_weight = 0 if first else plan.steps[step.number - 2].weight
+    gate = (
+        " Waits for an operator's approval (asset release_approval) once the analysis passed."
+        if step.gate
+        else ""
+    )
+    description = (
+        f"Canary at {step.weight} % for {step.pause:g}s, measured every {plan.analysis.interval:g}s "
+        "against stable."
+        f"{gate} Any failure or inconclusive-past-the-limit sends stable all the traffic and fails the run."
+        + (" First checks the safety gates and deploys the image to the idle colour." if first else "")
+    )
+
+    @dg.asset(name=step.asset_name, deps=[upstream], group_name=GROUP, description=description)
+    def canary_step(
+        context: dg.AssetExecutionContext,
+        traffic_router: TrafficRouterResource,
+        canary_prometheus: CanaryPrometheusResource,
+        release_image: ReleaseImageResource,
+        registry: RegistryResource,
+        backup_storage: BackupStorageResource,
+    ) -> dg.MaterializeResult:
+        image = _image(release_image)
+        router = traffic_router.router()
+        with _alive(context), _stable_on_error(context, router):
+            if first:
+                state = _gates_and_deploy(context, plan, router, image, registry, backup_storage)
+            else:
+                state = router.state()
+                _expect_weight(state, previous_weight, step.label)
+            router.set_weight(step.weight)
+            context.log.info(
+                f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
+            )
+            result = analyse(
+                canary_prometheus.client(),
+                plan.analysis,
+                canary=state.idle,
+                # At 100 % stable serves nothing to compare with: thresholds alone apply.
+                stable=state.live if step.weight < 100 else None,
+                duration=step.pause,
+                gate=OperatorApproval(context, step, plan.approval_timeout) if step.gate else None,
+                record=_recorder(context, step.asset_name, step.label),
+            )
+            if not result.passed:
+                raise dg.Failure(
+                    description=f"{step.label} {result.outcome}: {result.message}. Stable ({state.live}) "
+                    "gets all the traffic back.",
+                    metadata=_result_metadata(result),
+                )
+        return dg.MaterializeResult(
+            metadata={"weight": step.weight, "canary_color": state.idle, "image": image.tagged_reference}
+            | _result_metadata(result)
+        )
+
+    return canary_step
+
+
+def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
+    last = plan.steps[-1]
+
+    @dg.asset(
+        name="production_release",
+        deps=[last.asset_name],
+        group_name=GROUP,
+        description="The canary becomes the new stable: its colour goes live with 100 % of the traffic. "
+        "Records the image's digest and tag (new_image_tag_sensor reads `digest` from here).",
+    )
+    def production_release(
+        context: dg.AssetExecutionContext,
+        traffic_router: TrafficRouterResource,
+        release_image: ReleaseImageResource,
+    ) -> dg.MaterializeResult:
+        image = _image(release_image)
+        router = traffic_router.router()
+        with _alive(context), _stable_on_error(context, router):
+            before = router.state()
+            _expect_weight(before, last.weight, "production_release")
+            after = router.promote()
+        context.log.info(f"{after.live} is live with {image.tagged_reference}; {before.live} is idle")
+        return dg.MaterializeResult(metadata=_release_metadata(image, "canary", before, after))
+
+    return production_release
+
+
+def _release_metadata(image: ReleaseImageResource, strategy: str, before: RouteState, after: RouteState):
+    return {
+        "digest": image.digest,
+        "tag": image.tag,
+        "image": image.tagged_reference,
+        "strategy": strategy,
+        "live_color": after.live,
+        "previous_color": before.live,
+    }
+
+
+def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
+    settings = plan.blue_green
+
+    @dg.op(description="Safety gates, then the image on the idle colour, healthy on /health and /ready.")
+    def blue_green_deploy_idle(
+        context: dg.OpExecutionContext,
+        traffic_router: TrafficRouterResource,
+        release_image: ReleaseImageResource,
+        registry: RegistryResource,
+        backup_storage: BackupStorageResource,
+    ) -> str:
+        router = traffic_router.router()
+        with _alive(context):
+            state = _gates_and_deploy(context, plan, router, _image(release_image), registry, backup_storage)
+        return state.idle
+
+    @dg.op(
+        description=f"All traffic to the new colour, analysed for {settings.analysis:g}s against stable's "
+        "numbers from just before the switch; switches back on failure, else makes it live."
+    )
+    def blue_green_switch(
+        context: dg.OpExecutionContext,
+        new_color: str,
+        traffic_router: TrafficRouterResource,
+        canary_prometheus: CanaryPrometheusResource,
+        release_image: ReleaseImageResource,
+    ) -> str:
+        image = _image(release_image)
+        router = traffic_router.router()
+        prometheus = canary_prometheus.client()
+        with _alive(context), _stable_on_error(context, router):
+            before = router.state()
+            if before.idle != new_color:
+                raise dg.Failure(description=f"{new_color} is no longer the idle colour: another release ran")
+            baseline = stable_values(prometheus, plan.analysis, before.live)
+            context.log.info(f"Stable {before.live} before the switch: {baseline}")
+            router.set_weight(100)
+            result = analyse(
+                prometheus,
+                plan.analysis,
+                canary=new_color,
+                stable=None,
+                baseline=baseline,
+                duration=settings.analysis,
+                record=_recorder(context, "production_release", f"blue-green {new_color}"),
+            )
+            if not result.passed:
+                raise dg.Failure(
+                    description=f"blue-green {new_color} {result.outcome}: {result.message}. Switched "
+                    f"back to {before.live}.",
+                    metadata=_result_metadata(result),
+                )
+            after = router.promote()
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key="production_release",
+                metadata=_release_metadata(image, "blue-green", before, after) | _result_metadata(result),
+            )
+        )
+        return before.live
+
+    @dg.op(description=f"Scales the old colour down {settings.scale_down_delay:g}s after the switch.")
+    def blue_green_scale_down_old(
+        context: dg.OpExecutionContext, old_color: str, traffic_router: TrafficRouterResource
+    ) -> None:
+        with _alive(context):
+            # Until then the old colour is an instant way back (rollback_job).
+            time.sleep(settings.scale_down_delay)
+            router = traffic_router.router()
+            if router.state().live == old_color:
+                context.log.warning(f"{old_color} is live again (rolled back): leaving it running")
+                return
+            router.scale_down(old_color)
+        context.log.info(f"{old_color} scaled down")
+
+    @dg.job(
+        name=BLUE_GREEN_JOB,
+        tags=RELEASE_TAGS,
+        executor_def=dg.in_process_executor,
+        description="Blue-green release: deploy to the idle colour, check /health and /ready, switch all "
+        "traffic, keep analysing, switch back on failure, scale the old colour down after a delay.",
+    )
+    def blue_green_release_job():
+        blue_green_scale_down_old(blue_green_switch(blue_green_deploy_idle()))
+
+    return blue_green_release_job
+
+
+@dg.op(description="Terminates running releases, then sends stable (the live colour) all the traffic.")
+def return_stable_to_full_traffic(
+    context: dg.OpExecutionContext, traffic_router: TrafficRouterResource
+) -> None:
+    instance = context.instance
+    for job_name in RELEASE_JOBS:
+        active = dg.RunsFilter(
+            job_name=job_name,
+            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+        )
+        for record in instance.get_run_records(filters=active):
+            # Stop it first, or its next step would shift traffic again after we reset it.
+            context.log.info(f"Terminating release run {record.dagster_run.run_id} ({job_name})")
+            instance.run_coordinator.cancel_run(record.dagster_run.run_id)
+    state = traffic_router.router().set_weight(0)
+    context.add_output_metadata({"live_color": state.live, "canary_weight": state.canary_weight})
+    context.log.info(f"Stable ({state.live}) serves all traffic")
+
+
+@dg.job(
+    name=ROLLBACK_JOB,
+    tags=ROLLBACK_TAGS,
+    executor_def=dg.in_process_executor,
+    description="Puts stable at 100 % at any time, stopping a release in progress. Runs beside a stuck "
+    "release instead of queueing behind it (no hotpot/release tag).",
+)
+def rollback_job():
+    return_stable_to_full_traffic()
+
+
+def canary_assets(plan: RolloutPlan) -> list[dg.AssetsDefinition]:
+    assets, upstream = [], "api_image"
+    for step in plan.steps:
+        assets.append(canary_step_asset(plan, step, upstream))
+        upstream = step.asset_name
+    return [*assets, production_release_asset(plan)]
+
+
+def canary_job(plan: RolloutPlan):
+    return dg.define_asset_job(
+        name=CANARY_JOB,
+        selection=[step.asset_name for step in plan.steps] + ["production_release"],
+        tags=RELEASE_TAGS,
+        # One process: the steps run one after another anyway, and killing it must stop the release.
+        executor_def=dg.in_process_executor,
+        description="Canary release following the rollout plan: gates, deploy to the idle colour, each "
+        "weight analysed, then production_release. Takes the image as resources.release_image config.",
+    )
+
+
+APPROVAL_SPEC = dg.AssetSpec(
+    APPROVAL_ASSET,
+    group_name=GROUP,
+    description="Operator approval of a manual release gate. To approve a waiting step, choose 'Report "
+    "materialization event' on this asset (the description is recorded as the note); a description "
+    "starting with 'reject' rejects the release instead.",
+)

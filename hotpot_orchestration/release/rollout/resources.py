@@ -1,0 +1,92 @@
+"""Dagster resources of the rollout concern: the traffic router and the Prometheus that judges canaries.
+
+Thin: they only build the plain objects of `routers` and `analysis` from their config, which an operator can
+override per run in the launchpad (`resources.traffic_router.config`).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from pydantic import Field
+
+from hotpot_orchestration.release.rollout.analysis import Prometheus
+from hotpot_orchestration.release.rollout.routers import Router
+from hotpot_orchestration.release.rollout.routers.kubernetes import KubernetesTarget
+from hotpot_orchestration.settings import ROUTERS
+
+
+class TrafficRouterResource(dg.ConfigurableResource):
+    """Where release traffic is shifted (HOTPOT_ROUTER) and the names of what it touches."""
+
+    kind: str = Field(default="nginx", description="nginx, ingress-nginx or gateway-api (HOTPOT_ROUTER)")
+    # nginx
+    nginx_upstream_conf: str = Field(
+        default="/etc/nginx/conf.d/hotpot-upstream.conf",
+        description="file holding `upstream hotpot_api {...}`, included by nginx.conf inside http {}",
+    )
+    nginx_command: list[str] = Field(
+        default=["nginx"], description="argv prefix of nginx, e.g. [nginx, -p, PREFIX, -c, CONF]"
+    )
+    nginx_pid_file: str | None = Field(
+        default="/run/nginx.pid", description="master pid file; set to wait for new workers after a reload"
+    )
+    blue_servers: list[str] = Field(default=[], description="host:port of the blue colour's servers")
+    green_servers: list[str] = Field(default=[], description="host:port of the green colour's servers")
+    # Kubernetes (ingress-nginx, gateway-api)
+    kube_api_url: str | None = Field(
+        default=None, description="API server URL; unset: in-cluster service account, else ~/.kube/config"
+    )
+    namespace: str = KubernetesTarget.namespace
+    deployment: str = Field(default=KubernetesTarget.deployment, description="Deployment name; {color}")
+    service: str = Field(default=KubernetesTarget.service, description="Service name; {color}")
+    container: str = KubernetesTarget.container
+    ingress: str = Field(default=KubernetesTarget.ingress, description="primary Ingress (ingress-nginx)")
+    canary_ingress: str = Field(default=KubernetesTarget.canary_ingress, description="created if missing")
+    http_route: str = Field(default=KubernetesTarget.http_route, description="HTTPRoute (gateway-api)")
+    service_port: int = KubernetesTarget.service_port
+    rollout_timeout_seconds: float = KubernetesTarget.rollout_timeout
+
+    def router(self) -> Router:
+        if self.kind == "nginx":
+            from hotpot_orchestration.release.rollout.routers.nginx import NginxRouter
+
+            return NginxRouter(
+                self.nginx_upstream_conf,
+                {"blue": self.blue_servers, "green": self.green_servers},
+                nginx_command=self.nginx_command,
+                pid_file=self.nginx_pid_file,
+            )
+        from hotpot_orchestration.release.rollout.routers.kubernetes import (
+            GatewayApiRouter,
+            IngressNginxRouter,
+            api_client,
+        )
+
+        target = KubernetesTarget(
+            namespace=self.namespace,
+            deployment=self.deployment,
+            service=self.service,
+            container=self.container,
+            ingress=self.ingress,
+            canary_ingress=self.canary_ingress,
+            http_route=self.http_route,
+            service_port=self.service_port,
+            rollout_timeout=self.rollout_timeout_seconds,
+        )
+        if self.kind == "ingress-nginx":
+            return IngressNginxRouter(target, api_client(self.kube_api_url))
+        if self.kind == "gateway-api":
+            return GatewayApiRouter(target, api_client(self.kube_api_url))
+        raise ValueError(f"HOTPOT_ROUTER={self.kind!r} is not valid: expected one of {', '.join(ROUTERS)}")
+
+
+class CanaryPrometheusResource(dg.ConfigurableResource):
+    """The Prometheus canaries are judged by (HOTPOT_PROMETHEUS_URL)."""
+
+    url: str | None = Field(default=None, description="http(s) URL of Prometheus; from HOTPOT_PROMETHEUS_URL")
+    timeout_seconds: float = 5.0
+
+    def client(self) -> Prometheus:
+        if not self.url:
+            raise ValueError("HOTPOT_PROMETHEUS_URL is not set: releases cannot be judged without Prometheus")
+        return Prometheus(self.url, timeout=self.timeout_seconds)
