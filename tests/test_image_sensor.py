@@ -1,0 +1,208 @@
+"""`new_image_tag_sensor` against a real registry (Debian `docker-registry`), tick after tick, feeding
+back the cursor each tick returns, as the daemon does."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import socket
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hotpot_orchestration.definitions import build_definitions
+from hotpot_orchestration.devstack import Registry
+from hotpot_orchestration.platform.registry import OCI_MANIFEST, RegistryClient, sha256_digest
+from hotpot_orchestration.release.image import new_image_tag_sensor
+from hotpot_orchestration.release.image.paging_proxy import PagingProxy
+from hotpot_orchestration.release.image.resource import ImageTagPolicyResource, RegistryResource
+from hotpot_orchestration.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+
+def push_image(
+    client: RegistryClient, repository: str, tag: str, created: datetime | None, payload: str
+) -> str:
+    """Push a one-layer OCI image whose config says `created`; return its digest."""
+    with tempfile.TemporaryDirectory() as scratch:
+        layer = gzip.compress(payload.encode(), mtime=0)
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "created": created.isoformat().replace("+00:00", "Z") if created else None,
+                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(payload.encode())]},
+            }
+        ).encode()
+        blobs = []
+        for data, media_type in ((config, "application/vnd.oci.image.config.v1+json"),
+                                 (layer, "application/vnd.oci.image.layer.v1.tar+gzip")):  # fmt: skip
+            path = Path(scratch) / sha256_digest(data).split(":")[1]
+            path.write_bytes(data)
+            client.upload_blob(repository, sha256_digest(data), path)
+            blobs.append({"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)})
+        manifest = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": blobs[0], "layers": blobs[1:]}
+        ).encode()
+        return client.put_manifest(repository, tag, manifest, OCI_MANIFEST)
+
+
+def at(hour: int) -> datetime:
+    return datetime(2026, 3, 1, hour, tzinfo=UTC)
+
+
+def commit_tag() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Ticker:
+    """Evaluates the sensor of a Definitions tick after tick on one instance, carrying the cursor."""
+
+    def __init__(self, defs: dg.Definitions | None = None, resources: dict | None = None):
+        self.defs, self.resources = defs, resources
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.cursor: str | None = None
+
+    def tick(self) -> dg.SensorResult:
+        if self.defs is not None:
+            sensor = self.defs.get_sensor_def("new_image_tag_sensor")
+            context = dg.build_sensor_context(
+                cursor=self.cursor, instance=self.instance, definitions=self.defs
+            )
+        else:
+            sensor = new_image_tag_sensor
+            context = dg.build_sensor_context(
+                cursor=self.cursor, instance=self.instance, resources=self.resources
+            )
+        result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        self.cursor = result.cursor
+        return result
+
+
+def location(registry_host: str, repository: str) -> dg.Definitions:
+    settings = dataclasses.replace(load_settings({}), registry=registry_host, image_repository=repository)
+    return build_definitions(settings)
+
+
+def test_one_run_per_new_digest_across_ticks(registry):
+    repository = f"test/watch-{uuid.uuid4().hex[:8]}"
+    defs = location(registry.host, repository)
+    ticker = Ticker(defs)
+    client = RegistryClient(registry.host)
+
+    assert "has no images yet" in ticker.tick().skip_reason
+
+    first_tag = commit_tag()
+    first = push_image(client, repository, first_tag, at(1), "one")
+    push_image(client, repository, "latest", at(1), "one")
+    result = ticker.tick()
+    [run] = result.run_requests
+    assert run.job_name == "canary_release_job"
+    assert run.run_key == f"release:{first}"
+    assert run.tags["hotpot/release"] == "canary"
+    assert run.tags["hotpot/image-tag"] == first_tag
+    assert run.tags["hotpot/image-digest"] == first
+    assert run.tags["hotpot/image-repository"] == f"{registry.host}/{repository}"
+    image = {"tag": first_tag, "digest": first, "repository": repository, "registry": registry.host}
+    assert run.run_config == {"resources": {"release_image": {"config": image}}}
+    # The run config is valid for the job the rollout defines.
+    job = defs.resolve_job_def("canary_release_job")
+    assert dg.validate_run_config(job, run.run_config)
+
+    assert ticker.tick().run_requests == []  # same tags: nothing new
+
+    second_tag = commit_tag()
+    second = push_image(client, repository, second_tag, at(2), "two")
+    [run] = ticker.tick().run_requests
+    assert run.tags["hotpot/image-digest"] == second
+
+    # Another tag of the same image, and an older build pushed late: no new release.
+    push_image(client, repository, commit_tag(), at(2), "two")
+    push_image(client, repository, commit_tag(), at(0), "zero")
+    for _ in range(2):
+        result = ticker.tick()
+        assert result.run_requests == [] and result.skip_reason
+
+    # What production runs is never proposed, even when it is new to this sensor.
+    third_tag = commit_tag()
+    third = push_image(client, repository, third_tag, at(3), "three")
+    ticker.instance.report_runless_asset_event(
+        dg.AssetMaterialization("production_release", metadata={"digest": third})
+    )
+    result = ticker.tick()
+    assert result.run_requests == [] and "already in production" in result.skip_reason
+
+    fourth = push_image(client, repository, commit_tag(), at(4), "four")
+    [run] = ticker.tick().run_requests
+    assert run.tags["hotpot/image-digest"] == fourth
+    assert json.loads(ticker.cursor)["seen"] == [first, second, fourth]
+
+
+def test_more_tags_than_one_page(registry):
+    repository = f"test/paged-{uuid.uuid4().hex[:8]}"
+    client = RegistryClient(registry.host)
+    digests = {}
+    for minor in range(12):
+        for patch in range(21):
+            tag = f"1.{minor}.{patch}"
+            digests[tag] = push_image(client, repository, tag, None, tag)
+    push_image(client, repository, "1.12.0-rc.1", None, "rc")
+    with PagingProxy(registry.url) as proxy:
+        resources = {
+            "registry": RegistryResource(registry=proxy.host, repository=repository, page_size=50),
+            "image_tag_policy": ImageTagPolicyResource(pattern=r"\d+\.\d+\.\d+(-.+)?", order="semver"),
+        }
+        ticker = Ticker(resources=resources)
+        [run] = ticker.tick().run_requests
+        assert run.tags["hotpot/image-tag"] == "1.11.20"  # 1.11.20 sorts last by version, not by name
+        assert run.tags["hotpot/image-digest"] == digests["1.11.20"]
+        pages = -(-253 // 50)
+        assert proxy.requests == pages + 1  # every page, then one HEAD for the winner
+        proxy.requests = 0
+        assert ticker.tick().run_requests == []
+        assert proxy.requests == pages
+
+
+def test_registry_behind_basic_auth(monkeypatch):
+    repository = "test/private"
+    with Registry(users={"alice": "pw"}) as private:
+        writer = RegistryClient(private.host, username="alice", password="pw")
+        digest = push_image(writer, repository, commit_tag(), at(5), "private")
+
+        anonymous = Ticker(location(private.host, repository))
+        assert "requires a username and password" in anonymous.tick().skip_reason
+
+        monkeypatch.setenv("HOTPOT_REGISTRY_USERNAME", "alice")
+        monkeypatch.setenv("HOTPOT_REGISTRY_PASSWORD", "pw")
+        [run] = Ticker(location(private.host, repository)).tick().run_requests
+        assert run.tags["hotpot/image-digest"] == digest
+
+        monkeypatch.setenv("HOTPOT_REGISTRY_PASSWORD", "wrong")
+        assert "refused" in Ticker(location(private.host, repository)).tick().skip_reason
+
+
+def test_a_registry_that_is_down_skips_the_tick_with_the_reason():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    resources = {
+        "registry": RegistryResource(registry=f"127.0.0.1:{port}", max_attempts=2),
+        "image_tag_policy": ImageTagPolicyResource(),
+    }
+    result = Ticker(resources=resources).tick()
+    assert result.run_requests == []
+    assert result.skip_reason.startswith("registry unavailable") and f"127.0.0.1:{port}" in result.skip_reason
+
+
+def test_unset_registry_skips_with_the_variable_name():
+    result = Ticker(
+        resources={"registry": RegistryResource(), "image_tag_policy": ImageTagPolicyResource()}
+    ).tick()
+    assert "HOTPOT_REGISTRY is not set" in result.skip_reason
