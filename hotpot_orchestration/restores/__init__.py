@@ -1,25 +1,312 @@
-"""Restore drills that prove backups restore, and the guarded restore job."""
+"""Restore drills that prove backups restore, and the guarded restore job.
 
-from __future__ import annotations
+The work is in plain modules (`procedure`, `scratch`, `download`, `pgtools`, `verify`, `guard`), imported
+inside the steps so that loading the code location does not load psycopg or boto3; this module only adapts
+them to Dagster.
+"""
+
+import time
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pydantic import Field
 
-from hotpot_orchestration.platform.planned import planned_asset, planned_job
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.settings import Settings
+
+DRILL_ASSET = dg.AssetKey("restore_drill")
+DRILL_PASSED = "restore_drill_passed"
+DRILL_RECENT = "restore_drill_recent"
+MAX_DRILL_AGE = timedelta(days=8)
+# Metadata lists stay readable and within what the event log stores comfortably.
+MAX_LISTED = 200
+
+
+class RestoreDrillConfig(dg.Config):
+    partition: str | None = Field(
+        default=None,
+        description="YYYY-MM-DD partition of postgres_backup to drill; newest verified when unset",
+    )
+    jobs: int | None = Field(
+        default=None,
+        description="parallel pg_restore jobs and row-counting sessions; one per CPU (2-8) if unset",
+    )
+
+
+class RestoreDatabaseConfig(dg.Config):
+    target_database: str = Field(description="database to restore into, on HOTPOT_DATABASE_URL's server")
+    partition: str | None = Field(default=None, description="YYYY-MM-DD: that day's newest verified backup")
+    backup_key: str | None = Field(
+        default=None, description="S3 key of the dump (or its manifest) to restore"
+    )
+    replace: bool = Field(
+        default=False, description="drop a non-empty target and put the backup in its place"
+    )
+    confirm: str = Field(default="", description="the target database's name again, to replace it")
+    keep_owners_and_privileges: bool = Field(
+        default=False,
+        description="restore the backup's owners and GRANTs (the roles must exist); off: objects are owned "
+        "by the restoring role, as pg_restore --no-owner --no-privileges does",
+    )
+    jobs: int | None = Field(default=None, description="parallel pg_restore jobs; one per CPU (2-8) if unset")
+
+
+def _listed(items: list[str]) -> dg.MetadataValue:
+    shown = [f"- {item}" for item in items[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        shown.append(f"- ... and {len(items) - MAX_LISTED} more")
+    return dg.MetadataValue.md("\n".join(shown) or "none")
+
+
+def _report_metadata(report, bucket: str) -> dict[str, object]:
+    megabytes_per_second = (
+        report.dump_bytes / 1e6 / report.download_seconds if report.download_seconds else 0.0
+    )
+    return {
+        "passed": report.passed,
+        "backup": dg.MetadataValue.path(f"s3://{bucket}/{report.backup.dump_key}"),
+        "backup_partition": report.backup.partition,
+        "backup_created_at": report.backup.created_at.isoformat(),
+        "sha256": report.backup.manifest["sha256"],
+        "scratch_database": report.scratch_database or "(not created)",
+        "rto_seconds": dg.MetadataValue.float(round(report.rto_seconds, 2)),
+        "download_seconds": dg.MetadataValue.float(round(report.download_seconds, 2)),
+        "restore_seconds": dg.MetadataValue.float(round(report.restore_seconds, 2)),
+        "verify_seconds": dg.MetadataValue.float(round(report.verify_seconds, 2)),
+        "rpo_hours": dg.MetadataValue.float(round(report.backup_age_seconds / 3600, 3)),
+        "dump_bytes": dg.MetadataValue.int(report.dump_bytes),
+        "download_mb_per_second": dg.MetadataValue.float(round(megabytes_per_second, 1)),
+        "tables_verified": dg.MetadataValue.int(report.tables),
+        "rows_verified": dg.MetadataValue.int(report.rows),
+        "difference_count": dg.MetadataValue.int(len(report.differences)),
+        "differences": _listed(report.differences),
+        "warnings": _listed(report.warnings),
+        "leftovers_removed": _listed(report.cleaned_up),
+    }
+
+
+def _jobs(requested: int | None) -> int:
+    from hotpot_orchestration.restores.procedure import default_jobs
+
+    return requested if requested and requested > 0 else default_jobs()
+
+
+def _setup_failure(error: Exception) -> dg.Failure:
+    """Problems of the setup (no backup, unusable binaries, missing roles, a refusal) end the step with their
+    own message, which says what to change, instead of a stack trace."""
+    return dg.Failure(description=str(error), allow_retries=False)
+
+
+@dg.asset(
+    name="restore_drill",
+    deps=["postgres_backup"],
+    group_name="backups",
+    kinds={"postgres", "s3"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            DRILL_PASSED,
+            asset=DRILL_ASSET,
+            blocking=True,
+            description="The backup restored and matched its manifest: pg_restore without errors, every "
+            "table with its exact row count, the archive's schema, sequences, extensions and large objects.",
+        )
+    ],
+    description="Restores the newest verified backup (or a chosen partition's) into a scratch database on "
+    "HOTPOT_DRILL_DATABASE_URL's server, verifies it against the backup's manifest and drops it. A "
+    "materialization is a passing drill; a failing drill fails its run and lists every difference.",
+)
+def restore_drill(
+    context: dg.AssetExecutionContext,
+    config: RestoreDrillConfig,
+    postgres: PostgresResource,
+    drill_postgres: PostgresResource,
+    backup_storage: BackupStorageResource,
+):
+    from hotpot_orchestration.restores import pgtools, procedure
+
+    client = backup_storage.client()
+    try:
+        backup = procedure.select_backup(
+            client,
+            backup_storage.bucket,
+            backup_storage.prefix,
+            database=postgres.target.dbname,
+            partition=config.partition,
+        )
+        context.log.info(f"drilling {backup.dump_key} (created {backup.created_at.isoformat()})")
+        report = procedure.restore_backup(
+            client,
+            backup_storage.bucket,
+            backup,
+            drill_postgres.target,
+            drill_postgres.bin_dir(),
+            procedure.RestoreOptions(jobs=_jobs(config.jobs)),
+            kind="drill",
+            log=context.log.info,
+        )
+    except (procedure.NoBackup, pgtools.RestoreToolError) as error:
+        raise _setup_failure(error) from None
+    for warning in report.warnings:
+        context.log.warning(warning)
+    metadata = _report_metadata(report, backup_storage.bucket)
+    yield dg.AssetCheckResult(check_name=DRILL_PASSED, passed=report.passed, metadata=metadata)
+    if not report.passed:
+        # No materialization: the newest materialization of restore_drill is always the newest passing drill,
+        # which is what restore_drill_recent and the pipeline-health metrics read.
+        raise dg.Failure(
+            description=f"restore drill of {report.backup.dump_key} found {len(report.differences)} "
+            f"differences; the first: {report.differences[0]}",
+            metadata=metadata,
+            allow_retries=False,
+        )
+    yield dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(
+    asset=DRILL_ASSET,
+    name=DRILL_RECENT,
+    description=f"The newest passing restore drill is at most {MAX_DRILL_AGE.days} days old.",
+)
+def restore_drill_recent(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(DRILL_ASSET)
+    if event is None:
+        return dg.AssetCheckResult(passed=False, metadata={"last_passing_drill": "never"})
+    age = timedelta(seconds=time.time() - event.timestamp)
+    return dg.AssetCheckResult(
+        passed=age <= MAX_DRILL_AGE,
+        metadata={
+            "last_passing_drill": datetime.fromtimestamp(event.timestamp, UTC).isoformat(timespec="seconds"),
+            "age_days": dg.MetadataValue.float(round(age / timedelta(days=1), 2)),
+            "limit_days": MAX_DRILL_AGE.days,
+        },
+    )
+
+
+@dg.op(
+    name="restore_database",
+    description="Restores the chosen backup into a scratch database, verifies it against its manifest and "
+    "only then puts it in the target's place. Refuses a non-empty target without replace: true and the "
+    "target's name as confirm, and HOTPOT_DATABASE_URL's database without that confirmation.",
+)
+def restore_database(
+    context: dg.OpExecutionContext,
+    config: RestoreDatabaseConfig,
+    postgres: PostgresResource,
+    backup_storage: BackupStorageResource,
+) -> dg.Output[None]:
+    from hotpot_orchestration.restores import guard, pgtools, procedure
+
+    server = postgres.target
+    protected = server.dbname
+    request = guard.RestoreRequest(
+        target_database=config.target_database,
+        partition=config.partition,
+        backup_key=config.backup_key,
+        replace=config.replace,
+        confirm=config.confirm,
+    )
+    options = procedure.RestoreOptions(
+        jobs=_jobs(config.jobs),
+        keep_owners_and_privileges=config.keep_owners_and_privileges,
+        exit_on_error=True,
+    )
+    client = backup_storage.client()
+    try:
+        # Refusals come before anything is downloaded; they are checked again just before the swap.
+        before = guard.check(request, server, protected_database=protected)
+        backup = procedure.select_backup(
+            client,
+            backup_storage.bucket,
+            backup_storage.prefix,
+            database=None if config.backup_key else protected,
+            partition=config.partition,
+            key=config.backup_key,
+        )
+        if not backup.verified:
+            context.log.warning(
+                f"{backup.dump_key} was never verified after it was taken; restoring it as asked"
+            )
+        context.log.info(
+            f"restoring {backup.dump_key} into {config.target_database!r} on {server.host}:{server.port} "
+            f"(target now: {before.describe() if before.exists else 'does not exist'})"
+        )
+        report = procedure.restore_backup(
+            client,
+            backup_storage.bucket,
+            backup,
+            server,
+            postgres.bin_dir(),
+            options,
+            kind="restore",
+            keep=lambda scratch: guard.put_in_place(
+                scratch,
+                request,
+                server,
+                protected_database=protected,
+                provenance=f"s3://{backup_storage.bucket}/{backup.dump_key}",
+            ),
+            avoid=(config.target_database,),
+            log=context.log.info,
+        )
+    except (guard.RestoreRefused, procedure.NoBackup, pgtools.RestoreToolError) as error:
+        raise _setup_failure(error) from None
+    metadata = _report_metadata(report, backup_storage.bucket)
+    if not report.passed:
+        raise dg.Failure(
+            description=f"restore of {report.backup.dump_key} did not match its manifest; "
+            f"{config.target_database!r} was left untouched. First difference: {report.differences[0]}",
+            metadata=metadata,
+            allow_retries=False,
+        )
+    if not config.keep_owners_and_privileges:
+        context.log.info(
+            f"objects in {config.target_database!r} are owned by {server.user}, without the backup's GRANTs; "
+            "pass keep_owners_and_privileges: true to restore them (the roles must exist)"
+        )
+    return dg.Output(None, metadata={"target_database": config.target_database, **metadata})
+
+
+@dg.job(
+    name="restore_database_job",
+    # A real restore is never replayed automatically: whoever launched it decides what happens next.
+    tags={"dagster/max_retries": "0"},
+    description="Restores a chosen backup into a target database, the seed's restore script done safely.",
+)
+def restore_database_job():
+    restore_database()
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    restore_drill_job = planned_job("restore_drill_job", issue=4)
+    restore_drill_job = dg.define_asset_job(
+        "restore_drill_job",
+        selection=dg.AssetSelection.assets(DRILL_ASSET),
+        # A drill that found differences is a result, not a hiccup: only crashed runs are retried.
+        tags={"dagster/retry_on_asset_or_op_failure": "false"},
+        description="Restore drill: the newest verified backup restored, verified and dropped.",
+    )
+    restore_drill_recent_job = dg.define_asset_job(
+        "restore_drill_recent_job",
+        selection=dg.AssetSelection.checks(dg.AssetCheckKey(DRILL_ASSET, DRILL_RECENT)),
+        description="Evaluates restore_drill_recent on its own, so a drill that stopped running shows up.",
+    )
     return dg.Definitions(
-        assets=[planned_asset("restore_drill", issue=4, deps=["postgres_backup"], group_name="backups")],
-        jobs=[restore_drill_job, planned_job("restore_database_job", issue=4)],
+        assets=[restore_drill],
+        asset_checks=[restore_drill_recent],
+        jobs=[restore_drill_job, restore_drill_recent_job, restore_database_job],
         schedules=[
             dg.ScheduleDefinition(
                 name="restore_drill_schedule",
                 job=restore_drill_job,
-                cron_schedule="0 4 * * *",
+                cron_schedule=settings.restore_drill_cron,
                 execution_timezone=settings.timezone,
-                description="Daily drill after the nightly backup. Not built yet (open issue #4).",
-            )
+                description="Daily restore drill after the nightly backup (HOTPOT_RESTORE_DRILL_CRON).",
+            ),
+            dg.ScheduleDefinition(
+                name="restore_drill_recent_schedule",
+                job=restore_drill_recent_job,
+                cron_schedule="0 12 * * *",
+                execution_timezone=settings.timezone,
+                description="Daily evaluation of restore_drill_recent.",
+            ),
         ],
     )

@@ -1,0 +1,249 @@
+"""pg_restore and pg_dump as a restore needs them: the archive's table of contents, the roles it names,
+version compatibility, and a pg_restore run whose every error is collected and judged.
+
+Passwords reach the child processes only through `PgTarget.env()`; everything they print is redacted before
+it is logged or returned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hotpot_orchestration.platform.pg import PgTarget, tool_major_version
+
+# TOC entries that carry data, not schema: `pg_dump --schema-only` of the restored database has none of them.
+# Large objects are checked by count, sequence values and row counts against the manifest.
+DATA_ENTRIES = (
+    "TABLE DATA",
+    "SEQUENCE SET",
+    "BLOB",
+    "BLOBS",
+    "BLOB METADATA",
+    "LARGE OBJECT",
+    "MATERIALIZED VIEW DATA",
+    "STATISTICS DATA",
+)
+PRIVILEGE_ENTRIES = ("ACL", "DEFAULT ACL")
+_TOC_LINE = re.compile(r"^\d+; \d+ \d+ (?P<entry>.+)$")
+_IDENTIFIER = r'("(?:[^"]|"")+"|[^\s;,]+)'
+_ROLE_REFERENCES = (
+    re.compile(r"\bOWNER TO " + _IDENTIFIER),
+    re.compile(r"^GRANT .* TO " + _IDENTIFIER, re.MULTILINE),
+    re.compile(r"^REVOKE .* FROM " + _IDENTIFIER, re.MULTILINE),
+    re.compile(r"\bFOR ROLE " + _IDENTIFIER),
+)
+_UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "(?P<name>[^"]+)"')
+
+
+class RestoreToolError(RuntimeError):
+    """pg_restore or pg_dump cannot do what the restore needs; the message says what to change."""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux only: pg_restore gets SIGKILL when the run's process dies, so a killed run leaves no restore
+    # writing into a scratch database that the next run is about to drop.
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _run(argv: list[str], stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, stdin=stdin, capture_output=True, text=True, preexec_fn=_die_with_parent)
+
+
+def major_of(version: str) -> int:
+    """18 for "18.6", 9 for "9.6.24", 18 for "18beta1" (the first number is the major since PostgreSQL 10)."""
+    match = re.match(r"\d+", version.strip())
+    if not match:
+        raise ValueError(f"not a PostgreSQL version: {version!r}")
+    return int(match.group())
+
+
+def check_pg_restore_can_read(bin_dir: Path, pg_dump_version: str) -> int:
+    """pg_restore cannot read archives written by a newer pg_dump; say which binaries to use instead."""
+    restore_major = tool_major_version(bin_dir / "pg_restore")
+    dump_major = major_of(pg_dump_version)
+    if restore_major < dump_major:
+        raise RestoreToolError(
+            f"the backup was written by pg_dump {pg_dump_version}, but {bin_dir / 'pg_restore'} is version "
+            f"{restore_major} and cannot read it: set HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL "
+            f"{dump_major} or newer"
+        )
+    return restore_major
+
+
+def _toc_entries(listing: str, *, exclude: tuple[str, ...]) -> Counter:
+    """TOC lines without dump ids, catalog OIDs and owner (ownership is checked separately, if at all):
+    what remains, "TYPE schema name", is the same for an object however often it was dumped."""
+    entries: Counter = Counter()
+    prefixes = tuple(kind + " " for kind in exclude)
+    for line in listing.splitlines():
+        match = _TOC_LINE.match(line)
+        if match and not match["entry"].startswith(prefixes):
+            entries[match["entry"].rsplit(" ", 1)[0]] += 1
+    return entries
+
+
+def archive_schema(bin_dir: Path, archive: Path, *, with_privileges: bool) -> Counter:
+    """Schema entries of a custom-format archive, from `pg_restore --list`."""
+    result = _run([str(bin_dir / "pg_restore"), "--list", str(archive)])
+    if result.returncode != 0:
+        raise RestoreToolError(f"pg_restore --list cannot read the dump: {result.stderr.strip()}")
+    exclude = DATA_ENTRIES if with_privileges else DATA_ENTRIES + PRIVILEGE_ENTRIES
+    return _toc_entries(result.stdout, exclude=exclude)
+
+
+def database_schema(bin_dir: Path, target: PgTarget, *, with_privileges: bool) -> Counter:
+    """Schema entries of a live database, as pg_dump reads them from its catalog: the same representation
+    as `archive_schema`, so the two compare entry for entry."""
+    dump = [str(bin_dir / "pg_dump"), "--format=custom", "--schema-only", "--no-sync"]
+    if not with_privileges:
+        dump.append("--no-privileges")
+    # pg_dump's stderr goes to a file: a pipe nobody reads while pg_restore drains stdout could fill up.
+    with (
+        tempfile.TemporaryFile() as dump_stderr,
+        subprocess.Popen(
+            dump,
+            env=target.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=dump_stderr,
+            preexec_fn=_die_with_parent,
+        ) as pg_dump,
+    ):
+        listing = _run([str(bin_dir / "pg_restore"), "--list"], stdin=pg_dump.stdout)
+        pg_dump.stdout.close()
+        pg_dump.wait()
+        dump_stderr.seek(0)
+        dump_errors = dump_stderr.read().decode(errors="replace")
+    if pg_dump.returncode != 0 or listing.returncode != 0:
+        raise RestoreToolError(
+            f"cannot read the schema of {target.display}: "
+            + target.redact((dump_errors + listing.stderr).strip())
+        )
+    exclude = DATA_ENTRIES if with_privileges else DATA_ENTRIES + PRIVILEGE_ENTRIES
+    return _toc_entries(listing.stdout, exclude=exclude)
+
+
+def schema_differences(archived: Counter, restored: Counter) -> list[str]:
+    missing = archived - restored
+    unexpected = restored - archived
+    return [
+        f"schema: {entry} is in the backup but not in the restored database" for entry in sorted(missing)
+    ] + [f"schema: {entry} is in the restored database but not in the backup" for entry in sorted(unexpected)]
+
+
+def referenced_roles(bin_dir: Path, archive: Path) -> set[str]:
+    """Roles the archive's DDL names as owners, grantees or default-privilege holders."""
+    result = _run([str(bin_dir / "pg_restore"), "--schema-only", "--file=-", str(archive)])
+    if result.returncode != 0:
+        raise RestoreToolError(f"pg_restore cannot read the dump's schema: {result.stderr.strip()}")
+    roles = set()
+    for pattern in _ROLE_REFERENCES:
+        for name in pattern.findall(result.stdout):
+            roles.add(name[1:-1].replace('""', '"') if name.startswith('"') else name)
+    roles.discard("PUBLIC")
+    return roles
+
+
+def missing_roles(target: PgTarget, roles: set[str]) -> list[str]:
+    with target.connect() as conn:
+        present = {name for (name,) in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+    return sorted(roles - present)
+
+
+@dataclass
+class RestoreRun:
+    returncode: int
+    seconds: float
+    errors: list[str] = field(default_factory=list)  # each one fails the restore
+    tolerated: list[str] = field(default_factory=list)  # harmless, reported as warnings
+    ignored_count: int = 0
+
+
+def _error_blocks(stderr: str) -> list[str]:
+    """pg_restore's messages, each joined with its continuation lines ("Command was: ...")."""
+    blocks: list[list[str]] = []
+    for line in stderr.splitlines():
+        if line.startswith("pg_restore: "):
+            blocks.append([line.removeprefix("pg_restore: ")])
+        elif blocks and line.strip():
+            blocks[-1].append(line.strip())
+    return [" ".join(block) for block in blocks]
+
+
+def judge_stderr(stderr: str, *, server_major: int, restore_major: int) -> tuple[list[str], list[str], int]:
+    """Split pg_restore's messages into errors, tolerated errors and the "errors ignored" count.
+
+    The one error tolerated: pg_restore opens every session with SETs of its own version's settings (18
+    sends `SET transaction_timeout = 0`), which an older server rejects as an unknown parameter. That error
+    says nothing about the restored data, and the manifest checks that follow prove the restore complete.
+    """
+    errors, tolerated, ignored = [], [], 0
+    for block in _error_blocks(stderr):
+        if block.startswith("warning: errors ignored on restore:"):
+            ignored = int(block.rsplit(":", 1)[1])
+            continue
+        if not block.startswith("error:"):
+            continue
+        unknown = _UNKNOWN_SETTING.search(block)
+        if (
+            unknown
+            and server_major < restore_major
+            and re.search(rf"Command was: SET {re.escape(unknown['name'])} = ", block)
+        ):
+            tolerated.append(
+                f"pg_restore {restore_major} set {unknown['name']}, which the PostgreSQL {server_major} "
+                "server does not have (harmless: the setting only exists on newer servers)"
+            )
+        else:
+            errors.append("pg_restore " + block)
+    return errors, sorted(set(tolerated)), ignored
+
+
+def run_pg_restore(
+    bin_dir: Path,
+    target: PgTarget,
+    archive: Path,
+    *,
+    jobs: int,
+    keep_owners_and_privileges: bool,
+    exit_on_error: bool,
+    server_major: int,
+    restore_major: int,
+) -> RestoreRun:
+    """Restore `archive` into the (empty) database `target`.
+
+    Session settings that only speed up a load into a fresh database: commits need not wait for the WAL
+    flush (a crash mid-restore fails the restore either way), and index builds get more sort memory.
+    """
+    argv = [str(bin_dir / "pg_restore"), f"--jobs={jobs}", f"--dbname={target.dbname}"]
+    if not keep_owners_and_privileges:
+        # Drill servers rarely have production's roles, and a restore run by a maintenance role should not
+        # need them: objects end up owned by the restoring role, without the archive's GRANTs.
+        argv += ["--no-owner", "--no-privileges"]
+    if exit_on_error:
+        argv.append("--exit-on-error")
+    argv.append(str(archive))
+    env = target.env()
+    env["PGOPTIONS"] = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
+    started = time.monotonic()
+    result = subprocess.run(
+        argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, preexec_fn=_die_with_parent
+    )
+    seconds = time.monotonic() - started
+    stderr = target.redact(result.stderr)
+    errors, tolerated, ignored = judge_stderr(stderr, server_major=server_major, restore_major=restore_major)
+    if result.returncode != 0 and not errors and not tolerated:
+        errors.append(f"pg_restore exited with code {result.returncode}: {stderr.strip() or '(no output)'}")
+    if ignored and not errors and not tolerated:
+        errors.append(f"pg_restore reported {ignored} errors ignored on restore")
+    return RestoreRun(result.returncode, seconds, errors, tolerated, ignored)

@@ -1,0 +1,206 @@
+"""One restore of one backup: download and check it, pg_restore it into a fresh scratch database, and
+compare the result with the backup's manifest.
+
+Restore drills stop there (the scratch database is dropped, whatever happened); restore_database_job goes on
+to keep the verified scratch database as its target (see `guard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hotpot_orchestration.backups.catalog import Backup, latest_backup, list_backups
+from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.restores import pgtools, verify
+from hotpot_orchestration.restores.download import ChecksumMismatch, download_verified, work_dir
+from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned, maintenance_target
+
+_log = logging.getLogger(__name__)
+
+
+class NoBackup(LookupError):
+    """No backup matches what was asked for; the message says what exists."""
+
+
+def default_jobs() -> int:
+    """Parallel pg_restore jobs and counting sessions: one per CPU here, at most 8 (beyond that the drill
+    server's disks, not this process, set the pace)."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    jobs: int
+    keep_owners_and_privileges: bool = False
+    # Drills restore everything they can and list every error; a real restore stops at the first one.
+    exit_on_error: bool = False
+    work_dir: str | None = None
+
+
+@dataclass
+class RestoreReport:
+    backup: Backup
+    started_at: datetime
+    scratch_database: str | None = None
+    dump_bytes: int = 0
+    download_seconds: float = 0.0
+    restore_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    tables: int = 0
+    rows: int = 0
+    differences: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    cleaned_up: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.differences
+
+    @property
+    def rto_seconds(self) -> float:
+        return self.download_seconds + self.restore_seconds + self.verify_seconds
+
+    @property
+    def backup_age_seconds(self) -> float:
+        """The RPO this backup gives at the time of the restore: everything newer would be lost."""
+        return (self.started_at - self.backup.created_at).total_seconds()
+
+
+def select_backup(
+    client,
+    bucket: str,
+    prefix: str,
+    *,
+    database: str | None,
+    partition: str | None = None,
+    key: str | None = None,
+) -> Backup:
+    """The backup with dump or manifest `key`, else the newest verified one (of `partition` if given)."""
+    location = f"s3://{bucket}/{prefix}" + (f"{database}/" if database else "")
+    if key:
+        for backup in list_backups(client, bucket, prefix, database):
+            if key in (backup.dump_key, backup.manifest_key):
+                return backup
+        raise NoBackup(
+            f"no backup with key {key!r} under {location} (keys look like {prefix}DB/DATE/DB-STAMP.dump)"
+        )
+    backup = latest_backup(client, bucket, prefix, partition=partition, database=database)
+    if backup is not None:
+        return backup
+    unverified = latest_backup(
+        client, bucket, prefix, verified_only=False, partition=partition, database=database
+    )
+    scope = f"partition {partition}" if partition else location
+    if unverified is None:
+        raise NoBackup(f"no backup in {scope}: run nightly_backup_job first")
+    raise NoBackup(
+        f"no verified backup in {scope}; the newest unverified one is {unverified.dump_key} "
+        f"(to use it anyway, name it as backup_key)"
+    )
+
+
+def server_major(server: PgTarget) -> int:
+    with maintenance_target(server).connect() as conn:
+        return int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+
+
+def restore_backup(
+    client,
+    bucket: str,
+    backup: Backup,
+    server: PgTarget,
+    bin_dir: Path,
+    options: RestoreOptions,
+    *,
+    kind: str = "drill",
+    keep: Callable[[ScratchDatabase], None] | None = None,
+    avoid: tuple[str, ...] = (),
+    log: Callable[[str], None] = _log.info,
+) -> RestoreReport:
+    """Restore `backup` into a scratch database on `server` and verify it against its manifest.
+
+    Differences (a dump that does not match its checksum included) are returned in the report, not raised:
+    they are what a drill is for. Problems of the setup (binaries, missing roles, an unreachable server)
+    raise. `keep` is called with the scratch database only when everything matched; otherwise, and after
+    any exception or interruption, the scratch database is dropped. `avoid`: database names the scratch
+    database's maintenance session must not be connected to (one about to be dropped).
+    """
+    manifest = backup.manifest
+    report = RestoreReport(backup=backup, started_at=datetime.now(UTC))
+    restore_major = pgtools.check_pg_restore_can_read(bin_dir, manifest["pg_dump_version"])
+    report.cleaned_up = drop_abandoned(server, log=log)
+    target_major = server_major(server)
+    source_major = manifest["server_version_num"] // 10000
+    if target_major < source_major:
+        report.warnings.append(
+            f"the backup is of PostgreSQL {manifest['server_version']} and {server.host}:{server.port} runs "
+            f"PostgreSQL {target_major}: objects that need a newer server fail and are listed as differences"
+        )
+    with_privileges = options.keep_owners_and_privileges
+    with work_dir(options.work_dir, log=log) as directory:
+        try:
+            download = download_verified(
+                client,
+                bucket,
+                backup.dump_key,
+                directory / "backup.dump",
+                sha256=manifest["sha256"],
+                size=manifest["dump_bytes"],
+                log=log,
+            )
+        except ChecksumMismatch as mismatch:
+            report.differences.append(f"checksum: {mismatch}; pg_restore was not run")
+            return report
+        report.dump_bytes, report.download_seconds = download.bytes, download.seconds
+        archived = pgtools.archive_schema(bin_dir, download.path, with_privileges=with_privileges)
+        if with_privileges:
+            missing = pgtools.missing_roles(server, pgtools.referenced_roles(bin_dir, download.path))
+            if missing:
+                raise pgtools.RestoreToolError(
+                    f"the backup's objects are owned by or granted to roles that do not exist on "
+                    f"{server.host}:{server.port}: {', '.join(missing)}. Create them first, or restore "
+                    f"without keep_owners_and_privileges (objects are then owned by {server.user}, "
+                    "without GRANTs)"
+                )
+        with ScratchDatabase(server, kind, avoid=avoid) as scratch:
+            report.scratch_database = scratch.name
+            log(f"restoring {backup.dump_key} into {scratch.name} with pg_restore --jobs={options.jobs}")
+            run = pgtools.run_pg_restore(
+                bin_dir,
+                scratch.target,
+                download.path,
+                jobs=options.jobs,
+                keep_owners_and_privileges=with_privileges,
+                exit_on_error=options.exit_on_error,
+                server_major=target_major,
+                restore_major=restore_major,
+            )
+            report.restore_seconds = run.seconds
+            report.differences += run.errors
+            report.warnings += run.tolerated
+            log(f"pg_restore finished in {run.seconds:.1f}s with exit code {run.returncode}")
+            if run.errors and options.exit_on_error:
+                return report
+            started = time.monotonic()
+            tables = verify.check_tables(scratch.target, manifest["tables"], jobs=options.jobs)
+            with scratch.target.connect() as conn:
+                catalog = verify.check_catalog(conn, manifest)
+            restored = pgtools.database_schema(bin_dir, scratch.target, with_privileges=with_privileges)
+            report.verify_seconds = time.monotonic() - started
+            report.tables, report.rows = tables.tables, tables.rows
+            report.differences += (
+                tables.differences + catalog + pgtools.schema_differences(archived, restored)
+            )
+            log(
+                f"verified {report.tables} tables and {report.rows:,} rows against the manifest in "
+                f"{report.verify_seconds:.1f}s: {len(report.differences)} differences"
+            )
+            if report.passed and keep is not None:
+                keep(scratch)
+    return report
