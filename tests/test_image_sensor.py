@@ -71,10 +71,10 @@ class Ticker:
 
     def tick(self) -> dg.SensorResult:
         if self.defs is not None:
-            sensor = self.defs.get_sensor_def("new_image_tag_sensor")
-            context = dg.build_sensor_context(
-                cursor=self.cursor, instance=self.instance, definitions=self.defs
-            )
+            # As the daemon does: the code location's sensor, with the location's resources that it requires.
+            sensor = self.defs.resolve_sensor_def("new_image_tag_sensor")
+            resources = {key: self.defs.resources[key] for key in sensor.required_resource_keys}
+            context = dg.build_sensor_context(cursor=self.cursor, instance=self.instance, resources=resources)
         else:
             sensor = new_image_tag_sensor
             context = dg.build_sensor_context(
@@ -84,6 +84,10 @@ class Ticker:
         assert isinstance(result, dg.SensorResult)
         self.cursor = result.cursor
         return result
+
+
+def reason(result: dg.SensorResult) -> str:
+    return result.skip_reason.skip_message if result.skip_reason else ""
 
 
 def location(registry_host: str, repository: str) -> dg.Definitions:
@@ -97,7 +101,7 @@ def test_one_run_per_new_digest_across_ticks(registry):
     ticker = Ticker(defs)
     client = RegistryClient(registry.host)
 
-    assert "has no images yet" in ticker.tick().skip_reason
+    assert "has no images yet" in reason(ticker.tick())
 
     first_tag = commit_tag()
     first = push_image(client, repository, first_tag, at(1), "one")
@@ -128,7 +132,7 @@ def test_one_run_per_new_digest_across_ticks(registry):
     push_image(client, repository, commit_tag(), at(0), "zero")
     for _ in range(2):
         result = ticker.tick()
-        assert result.run_requests == [] and result.skip_reason
+        assert result.run_requests == [] and reason(result)
 
     # What production runs is never proposed, even when it is new to this sensor.
     third_tag = commit_tag()
@@ -137,7 +141,7 @@ def test_one_run_per_new_digest_across_ticks(registry):
         dg.AssetMaterialization("production_release", metadata={"digest": third})
     )
     result = ticker.tick()
-    assert result.run_requests == [] and "already in production" in result.skip_reason
+    assert result.run_requests == [] and "already in production" in reason(result)
 
     fourth = push_image(client, repository, commit_tag(), at(4), "four")
     [run] = ticker.tick().run_requests
@@ -177,7 +181,7 @@ def test_registry_behind_basic_auth(monkeypatch):
         digest = push_image(writer, repository, commit_tag(), at(5), "private")
 
         anonymous = Ticker(location(private.host, repository))
-        assert "requires a username and password" in anonymous.tick().skip_reason
+        assert "requires a username and password" in reason(anonymous.tick())
 
         monkeypatch.setenv("HOTPOT_REGISTRY_USERNAME", "alice")
         monkeypatch.setenv("HOTPOT_REGISTRY_PASSWORD", "pw")
@@ -185,7 +189,7 @@ def test_registry_behind_basic_auth(monkeypatch):
         assert run.tags["hotpot/image-digest"] == digest
 
         monkeypatch.setenv("HOTPOT_REGISTRY_PASSWORD", "wrong")
-        assert "refused" in Ticker(location(private.host, repository)).tick().skip_reason
+        assert "refused" in reason(Ticker(location(private.host, repository)).tick())
 
 
 def test_a_registry_that_is_down_skips_the_tick_with_the_reason():
@@ -198,11 +202,11 @@ def test_a_registry_that_is_down_skips_the_tick_with_the_reason():
     }
     result = Ticker(resources=resources).tick()
     assert result.run_requests == []
-    assert result.skip_reason.startswith("registry unavailable") and f"127.0.0.1:{port}" in result.skip_reason
+    assert reason(result).startswith("registry unavailable") and f"127.0.0.1:{port}" in reason(result)
 
 
 def test_unset_registry_skips_with_the_variable_name():
     result = Ticker(
         resources={"registry": RegistryResource(), "image_tag_policy": ImageTagPolicyResource()}
     ).tick()
-    assert "HOTPOT_REGISTRY is not set" in result.skip_reason
+    assert "HOTPOT_REGISTRY is not set" in reason(result)
