@@ -1,0 +1,221 @@
+"""Take one backup: snapshot, pg_dump streamed into S3, manifest beside it.
+
+The order is what makes a backup trustworthy: the S3 object appears only after pg_dump exited 0 and every
+byte was uploaded, and the manifest (which is what makes a backup count) only after the object carries its
+SHA-256. Any failure before that aborts the multipart upload and stops pg_dump.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
+from hotpot_orchestration.backups.errors import BackupError, CredentialsRefused, database_error, s3_errors
+from hotpot_orchestration.backups.proc import running
+from hotpot_orchestration.backups.snapshot import ExportedSnapshot
+from hotpot_orchestration.backups.stream import (
+    MiB,
+    MultipartUpload,
+    Progress,
+    ensure_abort_incomplete_uploads,
+    plan_part_size,
+)
+from hotpot_orchestration.platform.pg import PgTarget, PgToolError, tool_version
+
+# pg_dump compresses in its own process; zstd (PostgreSQL 16+, when built with it) is several times faster
+# than gzip at the same ratio. Levels are the libraries' defaults.
+ZSTD = "zstd:3"
+GZIP = "gzip:6"
+
+
+@dataclass(frozen=True)
+class PgDump:
+    path: Path
+    version: str
+    compression: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @classmethod
+    def in_dir(cls, bin_dir: Path) -> PgDump:
+        path = bin_dir / "pg_dump"
+        version = tool_version(path)
+        return cls(path=path, version=version, compression=_best_compression(path, version))
+
+    def refusal(self, server_version: str, server_major: int) -> str | None:
+        """Why this pg_dump must not dump a server of that version, or None."""
+        if self.major >= server_major:
+            return None
+        return (
+            f"pg_dump {self.version} ({self.path}) is older than the server (PostgreSQL {server_version}) "
+            f"and cannot dump it faithfully: set HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL "
+            f"{server_major} or newer"
+        )
+
+
+def _best_compression(pg_dump: Path, version: str) -> str:
+    if int(version.split(".")[0]) < 16:
+        return GZIP
+    # A build without libzstd says so while checking its options, before it tries the (unreachable) server.
+    probe = subprocess.run(
+        [str(pg_dump), "--format=custom", f"--compress={ZSTD}", "--file=/dev/null", "--no-password"],
+        env={"PGHOST": "/nonexistent", "PGCONNECT_TIMEOUT": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return GZIP if "does not support compression" in probe.stderr else ZSTD
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    bucket: str
+    manifest: dict[str, Any]
+    manifest_key: str
+    database_bytes: int
+    part_size: int
+    parts: int
+    seconds: float
+
+    @property
+    def dump_bytes(self) -> int:
+        return self.manifest["dump_bytes"]
+
+    @property
+    def rows(self) -> int:
+        return sum(table["rows"] for table in self.manifest["tables"])
+
+
+def expected_max_dump_bytes(database_bytes: int) -> int:
+    """An upper bound of the dump's size to plan S3 parts with.
+
+    A compressed custom-format dump is nearly always smaller than the database (indexes become definitions,
+    dead rows and free space vanish); data that does not compress (already compressed bytea) can come close
+    to its on-disk size, so twice the database leaves room for everything but a pathological case.
+    """
+    return 2 * database_bytes
+
+
+def _dump_failed(returncode: int, stderr: str, target: PgTarget, url_variable: str) -> BackupError:
+    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+    classified = database_error(stderr, target, url_variable)
+    if isinstance(classified, CredentialsRefused):
+        return classified
+    return type(classified)(f"pg_dump {how}; nothing was stored. {target.redact(stderr) or '(no output)'}")
+
+
+def take_backup(
+    *,
+    target: PgTarget,
+    url_variable: str,
+    bin_dir: Path,
+    client,
+    endpoint: str,
+    bucket: str,
+    prefix: str,
+    partition: str,
+    encryption: dict[str, str],
+    log: Callable[[str], None],
+    on_progress: Callable[[Progress], None] | None = None,
+) -> BackupResult:
+    """Dump `target` into `bucket` for `partition`; returns what was stored. Raises BackupError."""
+    try:
+        pg_dump = PgDump.in_dir(bin_dir)
+    except PgToolError as error:
+        raise BackupError(str(error)) from None
+    # Fails early, with S3's own error code, on a missing bucket or refused credentials.
+    with s3_errors(endpoint, f"listing s3://{bucket}/{prefix}"):
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    try:
+        with s3_errors(endpoint, f"setting the abort-incomplete-uploads lifecycle rule on s3://{bucket}"):
+            if ensure_abort_incomplete_uploads(client, bucket, prefix):
+                log(f"added a lifecycle rule to s3://{bucket} aborting incomplete uploads under {prefix!r}")
+    except BackupError as error:
+        # A warning, not a missed backup: this backup aborts its own upload on failure either way.
+        log(f"WARNING: {error}")
+
+    with ExportedSnapshot(target, url_variable=url_variable) as snapshot:
+        refusal = pg_dump.refusal(snapshot.server_version, snapshot.server_major)
+        if refusal:
+            raise BackupError(refusal)
+        dump_key, manifest_key = backup_keys(prefix, target.dbname, partition, snapshot.created_at)
+        part_size = plan_part_size(expected_max_dump_bytes(snapshot.database_bytes))
+        log(
+            f"dumping {target.display} (PostgreSQL {snapshot.server_version}, {snapshot.database_bytes:,} "
+            f"bytes) with pg_dump {pg_dump.version} --compress={pg_dump.compression} into "
+            f"s3://{bucket}/{dump_key}, parts of {part_size // MiB} MiB"
+        )
+        command = [
+            str(pg_dump.path),
+            "--format=custom",
+            f"--compress={pg_dump.compression}",
+            f"--snapshot={snapshot.snapshot_id}",
+            "--no-password",
+        ]
+        metadata = {"database": target.dbname, "partition": partition, "compression": pg_dump.compression}
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts") as counter:
+            try:
+                with (
+                    running(command, target.env()) as (process, stderr),
+                    s3_errors(endpoint, f"uploading s3://{bucket}/{dump_key}"),
+                    MultipartUpload(
+                        client,
+                        bucket,
+                        dump_key,
+                        part_size=part_size,
+                        extra_args=encryption,
+                        on_progress=on_progress,
+                    ) as upload,
+                ):
+                    # Same snapshot as pg_dump, on the exporting connection, while the dump streams.
+                    counts = counter.submit(snapshot.inventory)
+                    upload.consume(process.stdout)
+                    returncode = process.wait()
+                    if returncode != 0:
+                        raise _dump_failed(returncode, stderr.text(), target, url_variable)
+                    inventory = counts.result()
+                    uploaded = upload.complete(metadata)
+            except BaseException:
+                snapshot.cancel()  # the counts are of no use now: do not wait for them
+                raise
+
+    manifest = new_manifest(
+        database=target.dbname,
+        partition=partition,
+        created_at=snapshot.created_at,
+        dump_key=dump_key,
+        dump_bytes=uploaded.bytes,
+        sha256=uploaded.sha256,
+        compression=pg_dump.compression,
+        server_version=snapshot.server_version,
+        server_version_num=snapshot.server_version_num,
+        pg_dump_version=pg_dump.version,
+        snapshot=snapshot.snapshot_id,
+        tables=inventory.tables,
+        sequences=inventory.sequences,
+        extensions=inventory.extensions,
+        large_objects=inventory.large_objects,
+    )
+    with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
+        try:
+            write_manifest(client, bucket, manifest_key, manifest, encryption)
+        except BaseException:
+            # A dump without its manifest is no backup: do not leave it behind looking like one.
+            client.delete_object(Bucket=bucket, Key=dump_key)
+            raise
+    return BackupResult(
+        bucket=bucket,
+        manifest=manifest,
+        manifest_key=manifest_key,
+        database_bytes=snapshot.database_bytes,
+        part_size=uploaded.part_size,
+        parts=uploaded.parts,
+        seconds=uploaded.seconds,
+    )

@@ -1,0 +1,185 @@
+"""Where backups live in the bucket and what their manifests say.
+
+Layout (a contract: restore drills and release gates read it):
+
+    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}.dump
+    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}.manifest.json
+
+The manifest is written only after its dump is complete, so a backup exists once its manifest does. Only
+keys of exactly this shape whose manifest carries `MANIFEST_FORMAT` count as backups: anything else under
+the prefix belongs to someone else and is neither listed nor ever deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+MANIFEST_FORMAT = "hotpot-backup-manifest/1"
+DUMP_SUFFIX = ".dump"
+MANIFEST_SUFFIX = ".manifest.json"
+_STAMP = "%Y%m%dT%H%M%SZ"
+_MANIFEST_KEY = re.compile(
+    r"(?P<database>[^/]+)/(?P<partition>\d{4}-\d{2}-\d{2})/(?P=database)-(?P<stamp>\d{8}T\d{6}Z)"
+    + re.escape(MANIFEST_SUFFIX)
+)
+
+
+@dataclass(frozen=True)
+class Backup:
+    dump_key: str
+    manifest_key: str
+    partition: str
+    created_at: datetime
+    manifest: dict[str, Any]
+    verified: bool
+
+    @property
+    def database(self) -> str:
+        return self.manifest["database"]
+
+
+def backup_keys(prefix: str, database: str, partition: str, created_at: datetime) -> tuple[str, str]:
+    """(dump key, manifest key) of the backup of `database` taken at `created_at` for `partition`."""
+    if "/" in database:
+        raise ValueError(f"database name {database!r} cannot be part of an S3 key layout that uses '/'")
+    stem = f"{prefix}{database}/{partition}/{database}-{created_at.astimezone(UTC).strftime(_STAMP)}"
+    return stem + DUMP_SUFFIX, stem + MANIFEST_SUFFIX
+
+
+def new_manifest(
+    *,
+    database: str,
+    partition: str,
+    created_at: datetime,
+    dump_key: str,
+    dump_bytes: int,
+    sha256: str,
+    compression: str,
+    server_version: str,
+    server_version_num: int,
+    pg_dump_version: str,
+    snapshot: str,
+    tables: list[dict[str, Any]],
+    sequences: list[dict[str, Any]],
+    extensions: list[dict[str, Any]],
+    large_objects: int,
+) -> dict[str, Any]:
+    """A manifest in the contract's field order; `verification` stays null until the archive is read back."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "database": database,
+        "partition": partition,
+        "created_at": created_at.astimezone(UTC).isoformat(),
+        "dump_key": dump_key,
+        "dump_bytes": dump_bytes,
+        "sha256": sha256,
+        "compression": compression,
+        "server_version": server_version,
+        "server_version_num": server_version_num,
+        "pg_dump_version": pg_dump_version,
+        "snapshot": snapshot,
+        "tables": tables,
+        "sequences": sequences,
+        "extensions": extensions,
+        "large_objects": large_objects,
+        "verification": None,
+    }
+
+
+def read_manifest(client, bucket: str, key: str) -> dict[str, Any]:
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    manifest = json.loads(body)
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"s3://{bucket}/{key} is not a {MANIFEST_FORMAT} manifest")
+    return manifest
+
+
+def write_manifest(
+    client, bucket: str, key: str, manifest: dict[str, Any], extra_args: dict[str, str]
+) -> None:
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=json.dumps(manifest, indent=2).encode(),
+        ContentType="application/json",
+        **extra_args,
+    )
+
+
+def is_verified(manifest: dict[str, Any]) -> bool:
+    verification = manifest.get("verification")
+    return isinstance(verification, dict) and verification.get("ok") is True
+
+
+def _backup_from(key: str, prefix: str, manifest: dict[str, Any]) -> Backup:
+    partition = _MANIFEST_KEY.fullmatch(key[len(prefix) :])["partition"]
+    return Backup(
+        dump_key=key[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX,
+        manifest_key=key,
+        partition=partition,
+        created_at=datetime.fromisoformat(manifest["created_at"]),
+        manifest=manifest,
+        verified=is_verified(manifest),
+    )
+
+
+def list_backups(client, bucket: str, prefix: str, database: str | None = None) -> list[Backup]:
+    """Every backup this project wrote under `prefix` (of one database if given), oldest first."""
+    from botocore.exceptions import ClientError
+
+    listing_prefix = prefix + (f"{database}/" if database else "")
+    backups = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if not _MANIFEST_KEY.fullmatch(key[len(prefix) :]):
+                continue
+            try:
+                manifest = read_manifest(client, bucket, key)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") == "NoSuchKey":
+                    continue  # deleted between the listing and the read
+                raise
+            except ValueError:
+                continue  # same shape of key, but not our manifest: not ours to list
+            if manifest.get("dump_key") == key[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX:
+                backups.append(_backup_from(key, prefix, manifest))
+    return sorted(backups, key=lambda backup: (backup.created_at, backup.dump_key))
+
+
+def latest_backup(
+    client,
+    bucket: str,
+    prefix: str,
+    *,
+    verified_only: bool = True,
+    partition: str | None = None,
+    database: str | None = None,
+) -> Backup | None:
+    """The newest backup (verified by default), optionally of one partition and/or database."""
+    candidates = [
+        backup
+        for backup in list_backups(client, bucket, prefix, database)
+        if (backup.verified or not verified_only) and (partition is None or backup.partition == partition)
+    ]
+    return candidates[-1] if candidates else None
+
+
+def record_verification(
+    client, bucket: str, backup: Backup, *, ok: bool, detail: str, extra_args: dict[str, str]
+) -> dict[str, Any]:
+    """Store the outcome of a full read of the archive in the manifest; returns the updated manifest."""
+    manifest = read_manifest(client, bucket, backup.manifest_key)
+    manifest["verification"] = {"verified_at": datetime.now(UTC).isoformat(), "ok": ok, "detail": detail}
+    write_manifest(client, bucket, backup.manifest_key, manifest, extra_args)
+    return manifest
+
+
+def delete_backup(client, bucket: str, backup: Backup) -> None:
+    """Manifest first: once it is gone the backup is no longer listed, even if deleting the dump fails."""
+    client.delete_object(Bucket=bucket, Key=backup.manifest_key)
+    client.delete_object(Bucket=bucket, Key=backup.dump_key)

@@ -1,0 +1,154 @@
+"""One consistent view of the database for the dump and its manifest.
+
+A REPEATABLE READ transaction exports its snapshot (`pg_export_snapshot()`); pg_dump is started with
+`--snapshot=<id>` while that transaction stays open, so the dump and the row counts taken here describe
+the same instant, however much the database changes meanwhile. The counts can then run while pg_dump
+streams (on their own connection), instead of before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from hotpot_orchestration.backups.errors import database_error
+from hotpot_orchestration.platform.pg import PgTarget
+
+# Tables and sequences whose data pg_dump writes: everything outside the system schemas that is not part
+# of an extension, plus an extension's configuration tables (pg_extension_config_dump), whose rows pg_dump
+# dumps filtered by the extension's condition. Temporary relations of other sessions are not dumped.
+_RELATIONS = """
+SELECT n.nspname, c.relname, c.relkind::text, config.condition
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+    SELECT coalesce(e.extcondition[array_position(e.extconfig, c.oid)], '') AS condition
+    FROM pg_extension e
+    WHERE c.oid = ANY (e.extconfig)
+) config ON true
+WHERE c.relkind IN ('r', 'S')
+  AND c.relpersistence <> 't'
+  AND n.nspname <> 'information_schema'
+  AND n.nspname NOT LIKE 'pg\\_%'
+  AND (
+      config.condition IS NOT NULL
+      OR NOT EXISTS (
+          SELECT 1 FROM pg_depend d
+          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+      )
+  )
+ORDER BY n.nspname, c.relname
+"""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the snapshot holds, in the manifest's shapes."""
+
+    tables: list[dict[str, Any]]
+    sequences: list[dict[str, Any]]
+    extensions: list[dict[str, Any]]
+    large_objects: int
+
+    @property
+    def rows(self) -> int:
+        return sum(table["rows"] for table in self.tables)
+
+
+def _transient(error: BaseException) -> bool:
+    return getattr(error, "transient", False)
+
+
+class ExportedSnapshot:
+    """Context manager holding the exporting transaction open; its attributes describe the server."""
+
+    def __init__(self, target: PgTarget, *, url_variable: str, connect_attempts: int = 5):
+        self.target = target
+        self.url_variable = url_variable
+        self.connect_attempts = connect_attempts
+        self._conn = None
+        self.snapshot_id = ""
+        self.created_at: datetime | None = None
+        self.server_version = ""
+        self.server_version_num = 0
+        self.database_bytes = 0
+
+    def __enter__(self) -> ExportedSnapshot:
+        import psycopg
+
+        @retry(
+            retry=retry_if_exception(_transient),
+            stop=stop_after_attempt(self.connect_attempts),
+            wait=wait_exponential(multiplier=1, max=30),
+            reraise=True,
+        )
+        def connect():
+            try:
+                return self.target.connect(autocommit=True)
+            except psycopg.OperationalError as error:
+                raise database_error(str(error), self.target, self.url_variable) from None
+
+        self._conn = connect()
+        # The transaction idles while pg_dump works; a server-wide timeout must not end it under pg_dump.
+        self._conn.execute("SET idle_in_transaction_session_timeout = 0")
+        self._conn.execute("SET statement_timeout = 0")
+        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = self._conn.execute(
+            "SELECT pg_export_snapshot(), statement_timestamp(), current_setting('server_version'),"
+            " current_setting('server_version_num')::int, pg_database_size(current_database())"
+        ).fetchone()
+        self.snapshot_id, self.created_at, version, self.server_version_num, self.database_bytes = row
+        # Distribution builds append their own text ("18.1 (Debian 18.1-1.pgdg13+1)").
+        self.server_version = version.split()[0]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._conn is not None:
+            self._conn.close()  # ends the read-only transaction; nothing to commit
+            self._conn = None
+
+    def cancel(self) -> None:
+        """Stop a count running on another thread (thread-safe)."""
+        if self._conn is not None:
+            self._conn.cancel_safe()
+
+    @property
+    def server_major(self) -> int:
+        return self.server_version_num // 10000
+
+    def inventory(self) -> Inventory:
+        """Exact row counts of every dumped table, sequence states, extensions and large objects."""
+        import psycopg
+
+        try:
+            return self._inventory()
+        except psycopg.Error as error:
+            raise database_error(f"reading the snapshot: {error}", self.target, self.url_variable) from None
+
+    def _inventory(self) -> Inventory:
+        conn = self._conn
+        tables, sequences = [], []
+        for schema, name, kind, condition in conn.execute(_RELATIONS).fetchall():
+            relation = sql.Identifier(schema, name)
+            if kind == "S":
+                last_value, is_called = conn.execute(
+                    sql.SQL("SELECT last_value, is_called FROM {}").format(relation)
+                ).fetchone()
+                sequences.append(
+                    {"schema": schema, "name": name, "last_value": last_value, "is_called": is_called}
+                )
+                continue
+            # ONLY: pg_dump copies each inheritance child on its own; `condition` is the extension's own
+            # filter, text pg_dump runs verbatim too.
+            count = sql.SQL("SELECT count(*) FROM ONLY {} ").format(relation) + sql.SQL(condition or "")
+            tables.append({"schema": schema, "name": name, "rows": conn.execute(count).fetchone()[0]})
+        extensions = [
+            {"name": name, "version": version}
+            for name, version in conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")
+        ]
+        large_objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+        return Inventory(tables, sequences, extensions, large_objects)

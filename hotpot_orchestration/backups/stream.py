@@ -1,0 +1,271 @@
+"""A byte stream of unknown length into one S3 object, through a multipart upload, with bounded memory.
+
+boto3's `upload_fileobj` streams too, but it cannot hash what it sends, cannot hold the completion back until
+the producer (pg_dump) has exited successfully, and cannot put the SHA-256 of the whole object into its
+metadata; this module does those three things and leaves retries of each request to botocore.
+
+The object appears under its key only when `complete()` is called. Leaving the `with` block any other way
+aborts the upload, so S3 keeps neither an object nor stored parts; the bucket's lifecycle rule
+(`ensure_abort_incomplete_uploads`) removes parts left behind when even the abort could not reach S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+MiB = 1024 * 1024
+S3_MAX_PARTS = 10_000
+S3_MAX_PART_BYTES = 5 * 1024 * MiB
+# S3's floor is 5 MiB; 8 MiB is boto3's own default and keeps the request count low on small dumps.
+MIN_PART_BYTES = 8 * MiB
+# Bytes of parts held at once (read ahead + in flight) when parts are small; large parts get one in flight.
+BUFFER_BUDGET = 32 * MiB
+READ_CHUNK = MiB
+
+ABORT_RULE_ID = "hotpot-abort-incomplete-multipart-uploads"
+
+
+def plan_part_size(expected_max_bytes: int) -> int:
+    """The smallest whole-MiB part size, at least 8 MiB, that fits `expected_max_bytes` in 10,000 parts."""
+    needed = -(-max(expected_max_bytes, 0) // S3_MAX_PARTS)
+    size = max(MIN_PART_BYTES, -(-needed // MiB) * MiB)
+    if size > S3_MAX_PART_BYTES:
+        raise ValueError(f"{expected_max_bytes} bytes exceed what one S3 object can hold")
+    return size
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes: int
+    seconds: float
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    bucket: str
+    key: str
+    bytes: int
+    sha256: str
+    parts: int
+    part_size: int
+    seconds: float
+
+
+class MultipartUpload:
+    """Context manager: `consume()` a stream into parts, then `complete()`; anything else aborts.
+
+    The reading thread hashes each chunk as it arrives and hands full parts to a small pool of uploader
+    threads; at most `BUFFER_BUDGET` bytes (or one part in flight, if parts are bigger) wait in memory.
+    """
+
+    def __init__(
+        self,
+        client,
+        bucket: str,
+        key: str,
+        *,
+        part_size: int,
+        extra_args: dict[str, str],
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_interval: float = 10.0,
+    ):
+        if not MIN_PART_BYTES <= part_size <= S3_MAX_PART_BYTES:
+            raise ValueError(f"part size {part_size} is outside {MIN_PART_BYTES}..{S3_MAX_PART_BYTES}")
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_size = part_size
+        self.extra_args = {"ContentType": "application/octet-stream", **extra_args}
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
+        self.in_flight = max(1, BUFFER_BUDGET // part_size - 1)
+        self.upload_id: str | None = None
+        self._sha256 = hashlib.sha256()
+        self._bytes = 0
+        self._parts: dict[int, dict[str, str]] = {}
+        self._started = 0.0
+        self._completed = False
+
+    def __enter__(self) -> MultipartUpload:
+        created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra_args)
+        self.upload_id = created["UploadId"]
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._completed or self.upload_id is None:
+            return
+        try:
+            self.abort()
+        except Exception as abort_error:
+            if exc is None:
+                raise
+            # The failure that got us here matters more; say what remains and what will remove it.
+            exc.add_note(
+                f"aborting the multipart upload of s3://{self.bucket}/{self.key} failed too ({abort_error}); "
+                "the bucket's lifecycle rule deletes its parts a day after it started"
+            )
+
+    def abort(self) -> None:
+        """Drop the upload and its stored parts. Raises if S3 cannot be reached (the lifecycle rule stays)."""
+        self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+        self.upload_id = None
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self._bytes, time.monotonic() - self._started)
+
+    def consume(self, stream: BinaryIO) -> None:
+        """Read `stream` to its end, uploading it part by part. Raises the first part failure."""
+        slots = threading.BoundedSemaphore(self.in_flight)
+        failures: list[BaseException] = []
+        next_report = time.monotonic() + self.progress_interval
+        with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part") as pool:
+            part_number = 0
+            while not failures:
+                slots.acquire()
+                buffer = self._read_part(stream)
+                if not buffer:
+                    slots.release()
+                    break
+                part_number += 1
+                if part_number > S3_MAX_PARTS:
+                    raise RuntimeError(
+                        f"the stream outgrew {S3_MAX_PARTS} parts of {self.part_size // MiB} MiB: plan a "
+                        "larger part size from a larger expected size"
+                    )
+                future = pool.submit(self._upload_part, part_number, buffer)
+                future.add_done_callback(lambda done: self._part_done(done, slots, failures))
+                if self.on_progress and time.monotonic() >= next_report:
+                    self.on_progress(self.progress)
+                    next_report = time.monotonic() + self.progress_interval
+        # Leaving the pool waited for every part still in flight.
+        if failures:
+            raise failures[0]
+
+    def _read_part(self, stream: BinaryIO) -> bytearray:
+        buffer = bytearray(self.part_size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < self.part_size:
+            got = stream.readinto(view[filled : filled + READ_CHUNK])
+            if not got:
+                break
+            # hashlib releases the GIL on large updates, so hashing overlaps the uploads.
+            self._sha256.update(view[filled : filled + got])
+            filled += got
+            self._bytes += got
+        view.release()
+        del buffer[filled:]
+        return buffer
+
+    def _upload_part(self, number: int, body: bytearray) -> None:
+        response = self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+        )
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        # botocore may send a CRC per part (its default checksum); S3 then wants it back on completion.
+        part.update({name: value for name, value in response.items() if name.startswith("Checksum")})
+        self._parts[number] = part
+
+    @staticmethod
+    def _part_done(done: Future, slots: threading.BoundedSemaphore, failures: list[BaseException]) -> None:
+        if done.exception() is not None:
+            failures.append(done.exception())
+        slots.release()
+
+    def complete(self, metadata: dict[str, str]) -> Uploaded:
+        """Make the object visible, then stamp `metadata` plus its SHA-256 onto it.
+
+        S3 fixes an object's metadata when the upload starts, before the hash is known, so the metadata is
+        set by a server-side copy of the object onto itself, guarded by the ETag of what was just uploaded.
+        If that fails the object is deleted: no object without its SHA-256 stays behind.
+        """
+        from boto3.s3.transfer import TransferConfig
+
+        parts = [self._parts[number] for number in sorted(self._parts)]
+        if not parts:
+            # S3 rejects a multipart upload of no parts; an empty stream is never a valid archive anyway.
+            raise RuntimeError("the stream was empty: nothing to upload")
+        completed = self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+        )
+        self._completed = True
+        sha256 = self._sha256.hexdigest()
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self.key},
+                self.bucket,
+                self.key,
+                ExtraArgs={
+                    **self.extra_args,
+                    "Metadata": {**metadata, "sha256": sha256},
+                    "MetadataDirective": "REPLACE",
+                    "CopySourceIfMatch": completed["ETag"],
+                },
+                # One CopyObject up to S3's 5 GiB limit for it; beyond, parts copied in parallel.
+                Config=TransferConfig(multipart_threshold=S3_MAX_PART_BYTES, multipart_chunksize=512 * MiB),
+            )
+        except BaseException:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            raise
+        elapsed = time.monotonic() - self._started
+        if self.on_progress:
+            self.on_progress(Progress(self._bytes, elapsed))
+        return Uploaded(
+            bucket=self.bucket,
+            key=self.key,
+            bytes=self._bytes,
+            sha256=sha256,
+            parts=len(parts),
+            part_size=self.part_size,
+            seconds=elapsed,
+        )
+
+
+def ensure_abort_incomplete_uploads(client, bucket: str, prefix: str, days: int = 1) -> bool:
+    """Make sure a lifecycle rule aborts multipart uploads under `prefix` left incomplete for `days`.
+
+    Idempotent: an existing rule that already covers the prefix as fast or faster is left alone, and other
+    rules on the bucket are kept (S3 replaces the whole configuration on every put). Returns True if the
+    configuration was changed.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    for rule in rules:
+        rule_prefix = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", ""))
+        abort_after = rule.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation")
+        if (
+            rule.get("Status") == "Enabled"
+            and prefix.startswith(rule_prefix)
+            and abort_after is not None
+            and abort_after <= days
+        ):
+            return False
+    rules = [rule for rule in rules if rule.get("ID") != ABORT_RULE_ID]
+    rules.append(
+        {
+            "ID": ABORT_RULE_ID,
+            "Status": "Enabled",
+            "Filter": {"Prefix": prefix},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
+        }
+    )
+    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
+    return True
