@@ -88,6 +88,8 @@ def test_default_sample_app_builds_and_pushes_commit_tag_and_latest(registry):
         assert client.manifest_digest(repository, tag) == metadata["digest"]
         assert client.manifest_digest(repository, "latest") == metadata["digest"]
         top, config = client.image_config(repository, tag)
+    assert top.json["annotations"]["org.opencontainers.image.revision"] == metadata["commit"]
+    assert "org.opencontainers.image.created" in top.json["annotations"]
     assert metadata["image"] == f"{registry.host}/{repository}:{tag}@{metadata['digest']}"
     assert metadata["size_bytes"] > 100_000  # a static binary
     assert metadata["build_seconds"] > 0 and metadata["pushed"] is True

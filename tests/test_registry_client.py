@@ -296,3 +296,24 @@ def test_image_config_of_an_index_picks_the_platform():
     assert digest == sha256_digest(index)
     assert created.isoformat() == "2024-01-02T03:04:05+00:00"
     assert registry.requests_sent == 3
+
+
+def test_creation_time_from_the_manifest_annotation_costs_one_request():
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"digest": "sha256:" + "cd" * 32},
+            "layers": [],
+            "annotations": {"org.opencontainers.image.created": "2026-02-03T04:05:06Z"},
+        }
+    ).encode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert "/manifests/" in request.url.path  # the config blob is never needed
+        return httpx.Response(200, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+
+    registry, _ = client(handler)
+    digest, created = registry.image_created("team/api", "abc1234")
+    assert digest == sha256_digest(manifest) and created.isoformat() == "2026-02-03T04:05:06+00:00"
+    assert registry.requests_sent == 1

@@ -44,6 +44,7 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 MANIFEST_MEDIA_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST)
 INDEX_MEDIA_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
+CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -411,11 +412,16 @@ class RegistryClient:
         return response.content
 
     def image_config(
-        self, repository: str, reference: str, platform: tuple[str, str] = ("linux", "amd64")
+        self,
+        repository: str,
+        reference: str,
+        platform: tuple[str, str] = ("linux", "amd64"),
+        manifest: Manifest | None = None,
     ) -> tuple[Manifest, dict[str, Any]]:
-        """The manifest a reference points to, and the image config (the platform's image, for an index)."""
-        top = self.get_manifest(repository, reference)
-        manifest = top
+        """The manifest a reference points to (pass it if already read), and the image config (the
+        platform's image, for an index)."""
+        top = manifest or self.get_manifest(repository, reference)
+        image = top
         if top.is_index:
             wanted = [
                 entry
@@ -425,13 +431,18 @@ class RegistryClient:
             ]
             if not wanted:
                 raise RegistryError(f"{repository}:{reference} has no {platform[0]}/{platform[1]} image")
-            manifest = self.get_manifest(repository, wanted[0]["digest"])
-        config_digest = manifest.json["config"]["digest"]
+            image = self.get_manifest(repository, wanted[0]["digest"])
+        config_digest = image.json["config"]["digest"]
         return top, json.loads(self.get_blob(repository, config_digest))
 
     def image_created(self, repository: str, reference: str) -> tuple[str, datetime | None]:
-        """(manifest digest, the image config's `created` time or None)."""
-        top, config = self.image_config(repository, reference)
+        """(manifest digest, creation time or None): the manifest's `org.opencontainers.image.created`
+        annotation when it has one (one request), else the image config's `created` (two or three)."""
+        top = self.get_manifest(repository, reference)
+        annotated = (top.json.get("annotations") or {}).get(CREATED_ANNOTATION)
+        if annotated and parse_created(annotated):
+            return top.digest, parse_created(annotated)
+        _, config = self.image_config(repository, reference, manifest=top)
         created = config.get("created")
         return top.digest, parse_created(created) if created else None
 

@@ -36,6 +36,7 @@ class BuildRequest:
     timestamp: int  # SOURCE_DATE_EPOCH
     dockerfile: str = "Dockerfile"
     labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)  # on the manifest (OCI)
     build_args: Mapping[str, str] = field(default_factory=dict)
     platform: str = "linux/amd64"
 
@@ -90,6 +91,8 @@ class BuildahBuilder:
         ]
         for key, value in sorted(request.labels.items()):
             command += ["--label", f"{key}={value}"]
+        for key, value in sorted(request.annotations.items()):
+            command += ["--annotation", f"{key}={value}"]
         for key, value in sorted(request.build_args.items()):
             command += ["--build-arg", f"{key}={value}"]
         return [*command, "-t", LOCAL_TAG, str(request.context)]
@@ -144,6 +147,8 @@ class DockerBuilder:
         command += ["--build-arg", f"SOURCE_DATE_EPOCH={request.timestamp}"]
         for key, value in sorted(request.labels.items()):
             command += ["--label", f"{key}={value}"]
+        for key, value in sorted(request.annotations.items()):
+            command += ["--annotation", f"manifest:{key}={value}"]
         for key, value in sorted(request.build_args.items()):
             command += ["--build-arg", f"{key}={value}"]
         command += ["--output", f"type=oci,dest={archive},rewrite-timestamp=true"]

@@ -8,8 +8,10 @@ Plain Python with a cursor of its own (JSON), so `new_image_tag_sensor` stays a 
 - a registry that is down, or a repository with no images yet, gives a reason to skip, never an exception.
 
 Requests per tick: one per page of tags, plus, for the `semver` order, one HEAD when the winning tag is new
-(or on every tick if tags are declared mutable); for the `created` order, a manifest and a config read for
-every tag never seen before (resolved in parallel, at most `max_new_per_tick` per tick).
+(or on every tick if tags are declared mutable); for the `created` order, one manifest read for every tag
+never seen before when the manifest carries the `org.opencontainers.image.created` annotation (as images
+built by `api_image` do), plus a config read when it does not (resolved in parallel, at most
+`max_new_per_tick` per tick).
 """
 
 from __future__ import annotations
