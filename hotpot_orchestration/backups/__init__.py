@@ -1,27 +1,22 @@
-"""Nightly PostgreSQL backups to S3 and their retention."""
+"""Nightly PostgreSQL backups to S3, their verification and their retention.
+
+Domain logic lives in plain modules (stream, snapshot, backup, verify, catalog, retention) that do not
+import Dagster and are tested directly; assets, checks and schedules only wire them to resources.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from hotpot_orchestration.platform.planned import planned_asset, planned_job
+from hotpot_orchestration.backups.assets import build_backup_assets
+from hotpot_orchestration.backups.checks import build_backup_checks
+from hotpot_orchestration.backups.schedules import build_nightly
 from hotpot_orchestration.settings import Settings
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    nightly_backup_job = planned_job("nightly_backup_job", issue=3)
+    backup, retention = build_backup_assets(settings)
+    job, schedule = build_nightly(backup, retention)
     return dg.Definitions(
-        assets=[
-            planned_asset("postgres_backup", issue=3, group_name="backups"),
-            planned_asset("backup_retention", issue=3, deps=["postgres_backup"], group_name="backups"),
-        ],
-        jobs=[nightly_backup_job],
-        schedules=[
-            dg.ScheduleDefinition(
-                name="nightly_backup_schedule",
-                job=nightly_backup_job,
-                cron_schedule="0 2 * * *",
-                execution_timezone=settings.timezone,
-            )
-        ],
+        assets=[backup, retention], asset_checks=build_backup_checks(), jobs=[job], schedules=[schedule]
     )

@@ -127,6 +127,13 @@ def _backup_from(key: str, prefix: str, manifest: dict[str, Any]) -> Backup:
     )
 
 
+def load_backup(client, bucket: str, prefix: str, manifest_key: str) -> Backup:
+    """The backup whose manifest is at `manifest_key` (a key this project wrote under `prefix`)."""
+    if not manifest_key.startswith(prefix) or not _MANIFEST_KEY.fullmatch(manifest_key[len(prefix) :]):
+        raise ValueError(f"{manifest_key!r} is not a backup manifest key under {prefix!r}")
+    return _backup_from(manifest_key, prefix, read_manifest(client, bucket, manifest_key))
+
+
 def list_backups(client, bucket: str, prefix: str, database: str | None = None) -> list[Backup]:
     """Every backup this project wrote under `prefix` (of one database if given), oldest first."""
     from botocore.exceptions import ClientError

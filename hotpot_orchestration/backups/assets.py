@@ -1,0 +1,181 @@
+"""`postgres_backup` and `backup_retention`: thin Dagster wrappers over the backup domain modules."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from hotpot_orchestration.backups.backup import take_backup
+from hotpot_orchestration.backups.catalog import delete_backup, list_backups
+from hotpot_orchestration.backups.errors import BackupError, s3_errors
+from hotpot_orchestration.backups.retention import plan_retention
+from hotpot_orchestration.backups.stream import Progress
+from hotpot_orchestration.platform.pg import PgToolError
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.settings import Settings
+
+URL_VARIABLE = "HOTPOT_DATABASE_URL"
+# A dump is always of the database as it is now. The nightly run backs up the day that just ended, so a
+# partition is accepted until a day after its end; an older one would be labelled with a day it is not of.
+PARTITION_GRACE = timedelta(days=1)
+PARTITIONS_START = "2025-01-01"
+
+
+def backup_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    return dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone=settings.timezone)
+
+
+def endpoint_of(storage: BackupStorageResource) -> str:
+    return storage.endpoint_url or f"AWS S3 ({storage.region})"
+
+
+def failure(context: dg.OpExecutionContext, message: str, *, transient: bool = False) -> dg.Failure:
+    """The step's failure. Unless it may pass by itself, the instance's run retry is told not to replay the
+    run: a refused password or a refused partition fails the same way every time."""
+    if not transient:
+        # Dagster reads this run tag when the run fails (dagster.yaml enables run retries).
+        context.instance.add_run_tags(context.run_id, {"dagster/retry_on_asset_or_op_failure": "false"})
+    return dg.Failure(description=message, allow_retries=transient)
+
+
+def _refuse_stale_partition(context: dg.AssetExecutionContext, now: datetime) -> None:
+    window = context.partition_time_window
+    if now - window.end > PARTITION_GRACE:
+        raise failure(
+            context,
+            f"Refusing to back up partition {context.partition_key}: its day ended at "
+            f"{window.end.isoformat()}, more than a day ago. A backup is a dump of the database as it is "
+            "now, so it cannot stand for that day. Materialize the latest partition instead.",
+        )
+
+
+def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        name="postgres_backup",
+        group_name="backups",
+        partitions_def=backup_partitions(settings),
+        kinds={"postgres", "s3"},
+        description=(
+            f"A pg_dump (custom format) of {URL_VARIABLE}, streamed into S3 with a manifest of the same "
+            "snapshot (exact row counts, versions, size, SHA-256). One per day in HOTPOT_TIMEZONE; only "
+            "the latest partition can be materialized."
+        ),
+    )
+    def postgres_backup(
+        context: dg.AssetExecutionContext, postgres: PostgresResource, backup_storage: BackupStorageResource
+    ) -> dg.MaterializeResult:
+        _refuse_stale_partition(context, datetime.now(UTC))
+
+        def progress(done: Progress) -> None:
+            context.log.info(
+                f"uploaded {done.bytes / 2**20:,.1f} MiB in {done.seconds:,.0f} s "
+                f"({done.bytes_per_second / 1e6:,.1f} MB/s)"
+            )
+
+        started = time.monotonic()
+        try:
+            result = take_backup(
+                target=postgres.target,
+                url_variable=URL_VARIABLE,
+                bin_dir=postgres.bin_dir(),
+                client=backup_storage.client(),
+                endpoint=endpoint_of(backup_storage),
+                bucket=backup_storage.bucket,
+                prefix=backup_storage.prefix,
+                partition=context.partition_key,
+                encryption=backup_storage.encryption_args(),
+                log=context.log.info,
+                on_progress=progress,
+            )
+        except (BackupError, PgToolError) as error:
+            raise failure(context, str(error), transient=getattr(error, "transient", False)) from None
+        seconds = time.monotonic() - started
+        manifest = result.manifest
+        context.log.info(
+            f"stored s3://{result.bucket}/{manifest['dump_key']}: {result.dump_bytes:,} bytes, "
+            f"{len(manifest['tables'])} tables, {result.rows:,} rows, in {seconds:,.1f} s"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dump_bytes": dg.MetadataValue.int(result.dump_bytes),
+                "database_bytes": dg.MetadataValue.int(result.database_bytes),
+                # How many times smaller than the database (pg_database_size) the dump is.
+                "compression_ratio": dg.MetadataValue.float(
+                    round(result.database_bytes / max(result.dump_bytes, 1), 3)
+                ),
+                "duration_seconds": dg.MetadataValue.float(round(seconds, 3)),
+                # Dump bytes stored per second, from the snapshot to the manifest.
+                "mb_per_second": dg.MetadataValue.float(
+                    round(result.dump_bytes / 1e6 / max(seconds, 1e-9), 3)
+                ),
+                "tables": dg.MetadataValue.int(len(manifest["tables"])),
+                "rows": dg.MetadataValue.int(result.rows),
+                "large_objects": dg.MetadataValue.int(manifest["large_objects"]),
+                "parts": dg.MetadataValue.int(result.parts),
+                "s3_uri": dg.MetadataValue.text(f"s3://{result.bucket}/{manifest['dump_key']}"),
+                "sha256": dg.MetadataValue.text(manifest["sha256"]),
+                "dump_key": dg.MetadataValue.text(manifest["dump_key"]),
+                "manifest_key": dg.MetadataValue.text(result.manifest_key),
+                "compression": dg.MetadataValue.text(manifest["compression"]),
+                "server_version": dg.MetadataValue.text(manifest["server_version"]),
+                "pg_dump_version": dg.MetadataValue.text(manifest["pg_dump_version"]),
+                "created_at": dg.MetadataValue.timestamp(datetime.fromisoformat(manifest["created_at"])),
+            }
+        )
+
+    @dg.asset(
+        name="backup_retention",
+        group_name="backups",
+        deps=[postgres_backup],
+        kinds={"s3"},
+        description=(
+            f"Deletes backups (dump and manifest) older than {settings.backup_retention_days} days "
+            f"(HOTPOT_BACKUP_RETENTION_DAYS), always keeping the newest {settings.backup_min_keep} verified "
+            "ones (HOTPOT_BACKUP_MIN_KEEP). Keys it did not write are never touched."
+        ),
+    )
+    def backup_retention(
+        context: dg.AssetExecutionContext, postgres: PostgresResource, backup_storage: BackupStorageResource
+    ) -> dg.MaterializeResult:
+        client = backup_storage.client()
+        bucket, prefix, endpoint = backup_storage.bucket, backup_storage.prefix, endpoint_of(backup_storage)
+        database = postgres.target.dbname
+        try:
+            with s3_errors(endpoint, f"listing backups under s3://{bucket}/{prefix}{database}/"):
+                backups = list_backups(client, bucket, prefix, database)
+            plan = plan_retention(
+                backups,
+                now=datetime.now(UTC),
+                retention_days=settings.backup_retention_days,
+                min_keep=settings.backup_min_keep,
+            )
+            for backup in plan.delete:
+                with s3_errors(endpoint, f"deleting s3://{bucket}/{backup.dump_key}"):
+                    delete_backup(client, bucket, backup)
+                context.log.info(f"deleted s3://{bucket}/{backup.dump_key} and its manifest")
+        except BackupError as error:
+            raise failure(context, str(error), transient=error.transient) from None
+        verified_kept = sum(backup.verified for backup in plan.keep)
+        if verified_kept < settings.backup_min_keep:
+            context.log.warning(
+                f"only {verified_kept} verified backups of {database} exist; HOTPOT_BACKUP_MIN_KEEP asks for "
+                f"{settings.backup_min_keep}"
+            )
+        for backup in plan.guarded:
+            context.log.info(
+                f"kept s3://{bucket}/{backup.dump_key} past the window: among the last good backups"
+            )
+        return dg.MaterializeResult(
+            metadata={
+                "deleted": dg.MetadataValue.int(len(plan.delete)),
+                "kept": dg.MetadataValue.int(len(plan.keep)),
+                "kept_verified": dg.MetadataValue.int(verified_kept),
+                "kept_past_window": dg.MetadataValue.int(len(plan.guarded)),
+                "deleted_keys": dg.MetadataValue.json([backup.dump_key for backup in plan.delete]),
+                "kept_keys": dg.MetadataValue.json(
+                    [{"key": b.dump_key, "verified": b.verified} for b in plan.keep]
+                ),
+            }
+        )
+
+    return [postgres_backup, backup_retention]
