@@ -1,0 +1,522 @@
+"""Restore drills and restore_database_job against real PostgreSQL, real pg_dump/pg_restore and an S3 API.
+
+Backups are taken and verified by the backup code itself, so the drills read exactly what production writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from psycopg import sql
+
+from hotpot_orchestration.backups.backup import take_backup
+from hotpot_orchestration.backups.catalog import Backup, latest_backup, record_verification, write_manifest
+from hotpot_orchestration.backups.verify import verify_backup
+from hotpot_orchestration.devstack import Postgres, seed_sample
+from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.restores import (
+    DRILL_PASSED,
+    DRILL_RECENT,
+    pgtools,
+    procedure,
+    restore_database_job,
+    restore_drill,
+    restore_drill_recent,
+)
+from hotpot_orchestration.restores.scratch import PREFIXES
+
+pytestmark = pytest.mark.timeout(180)
+
+PREFIX = "database/"
+DRILL_KEY = dg.AssetKey("restore_drill")
+# Things a plain sample lacks: quoted identifiers, a third schema, a large object, a materialized view,
+# a sequence that was never called.
+EXTRAS = """
+CREATE SCHEMA "Kitchen Ops";
+CREATE TABLE "Kitchen Ops"."Fridge ""Temps"" Log" (id bigserial PRIMARY KEY, "reading °C" numeric NOT NULL);
+INSERT INTO "Kitchen Ops"."Fridge ""Temps"" Log" ("reading °C")
+  SELECT 2 + g / 100.0 FROM generate_series(1, 500) g;
+CREATE SEQUENCE "Kitchen Ops".unused_seq;
+CREATE MATERIALIZED VIEW sales.items_per_order AS SELECT order_id, count(*) AS items FROM sales.order_items
+  GROUP BY order_id;
+SELECT lo_from_bytea(0, 'menu photo');
+"""
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch, s3):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"drills-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def source(postgres, sample_database) -> str:
+    """The sample database with EXTRAS: what gets backed up."""
+    with postgres.connect(sample_database) as conn:
+        conn.execute(EXTRAS)
+    return sample_database
+
+
+def take_verified_backup(postgres, s3, bucket: str, dbname: str) -> Backup:
+    client = s3.client()
+    take_backup(
+        target=PgTarget.from_url(postgres.url_for(dbname)),
+        url_variable="HOTPOT_DATABASE_URL",
+        bin_dir=postgres.bin_dir,
+        client=client,
+        endpoint=s3.endpoint_url,
+        bucket=bucket,
+        prefix=PREFIX,
+        partition=datetime.now(UTC).strftime("%Y-%m-%d"),
+        encryption={},
+        log=lambda message: None,
+    )
+    backup = latest_backup(client, bucket, PREFIX, verified_only=False, database=dbname)
+    verdict = verify_backup(client, bucket, backup, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    assert verdict.ok, verdict.detail
+    record_verification(client, bucket, backup, ok=True, detail=verdict.detail, extra_args={})
+    return latest_backup(client, bucket, PREFIX, database=dbname)
+
+
+def resources(postgres, s3, bucket: str, dbname: str) -> dict:
+    bin_dir = str(postgres.bin_dir)
+    return {
+        "postgres": PostgresResource(url=postgres.url_for(dbname), pg_bin_dir=bin_dir),
+        "drill_postgres": PostgresResource(url=postgres.url, pg_bin_dir=bin_dir),
+        "backup_storage": BackupStorageResource(
+            bucket=bucket, prefix=PREFIX, endpoint_url=s3.endpoint_url, region=s3.region
+        ),
+    }
+
+
+def drill(postgres, s3, bucket: str, backup: Backup, server: PgTarget | None = None, **options):
+    return procedure.restore_backup(
+        s3.client(),
+        bucket,
+        backup,
+        server or PgTarget.from_url(postgres.url),
+        postgres.bin_dir,
+        procedure.RestoreOptions(jobs=2, **options),
+    )
+
+
+def scratch_databases(postgres) -> list[str]:
+    with postgres.connect() as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE ANY (%s)",
+            [[prefix + "%" for prefix in PREFIXES.values()]],
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def rewrite_manifest(s3, bucket: str, backup: Backup, change) -> None:
+    manifest = json.loads(json.dumps(backup.manifest))
+    change(manifest)
+    write_manifest(s3.client(), bucket, backup.manifest_key, manifest, {})
+
+
+def check_evaluations(result) -> dict[str, object]:
+    return {
+        event.event_specific_data.asset_check_key.name: event.event_specific_data
+        for event in result.all_events
+        if event.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_drill_round_trips_a_backup_with_exact_counts(postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [restore_drill, restore_drill_recent],
+        instance=instance,
+        resources=resources(postgres, s3, bucket, source),
+    )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("restore_drill")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    tables = backup.manifest["tables"]
+    assert len(tables) == 6 and ("Kitchen Ops", 'Fridge "Temps" Log') in {
+        (t["schema"], t["name"]) for t in tables
+    }
+    assert metadata["tables_verified"] == len(tables)
+    assert metadata["rows_verified"] == sum(table["rows"] for table in tables) > 1000
+    assert metadata["difference_count"] == 0 and metadata["differences"] == "none"
+    assert metadata["rto_seconds"] == pytest.approx(
+        metadata["download_seconds"] + metadata["restore_seconds"] + metadata["verify_seconds"], abs=0.05
+    )
+    assert 0 <= metadata["rpo_hours"] < 1
+    assert metadata["backup"] == f"s3://{bucket}/{backup.dump_key}"
+    assert metadata["scratch_database"].startswith("hotpot_drill_")
+    checks = check_evaluations(result)
+    assert checks[DRILL_PASSED].passed and checks[DRILL_RECENT].passed
+    assert scratch_databases(postgres) == []
+
+
+def test_flipped_byte_fails_the_drill_before_pg_restore_runs(postgres, s3, bucket, source, monkeypatch):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    client = s3.client()
+    dump = bytearray(client.get_object(Bucket=bucket, Key=backup.dump_key)["Body"].read())
+    dump[len(dump) // 2] ^= 0x01
+    client.put_object(Bucket=bucket, Key=backup.dump_key, Body=bytes(dump))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("pg_restore ran on a dump whose checksum does not match")
+
+    monkeypatch.setattr(pgtools, "run_pg_restore", must_not_run)
+    report = drill(postgres, s3, bucket, backup)
+    assert not report.passed
+    (difference,) = report.differences
+    assert difference.startswith(f"checksum: s3://{bucket}/{backup.dump_key}: SHA-256 ")
+    assert f"does not match the manifest's {backup.manifest['sha256']}; pg_restore was not run" in difference
+    assert report.scratch_database is None and scratch_databases(postgres) == []
+
+
+def test_a_row_missing_against_the_manifest_fails_the_drill_naming_the_table(postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+
+    def expect_one_more_order(manifest):
+        (orders,) = [t for t in manifest["tables"] if (t["schema"], t["name"]) == ("sales", "orders")]
+        orders["rows"] += 1
+
+    rewrite_manifest(s3, bucket, backup, expect_one_more_order)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [restore_drill],
+        instance=instance,
+        resources=resources(postgres, s3, bucket, source),
+        raise_on_error=False,
+    )
+    assert not result.success
+    evaluation = check_evaluations(result)[DRILL_PASSED]
+    assert not evaluation.passed
+    expected = "table sales.orders: 120 rows restored, the manifest says 121"
+    assert evaluation.metadata["differences"].value == f"- {expected}"
+    assert evaluation.metadata["difference_count"].value == 1
+    (failure,) = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    assert expected in failure.event_specific_data.error.message
+    # A failing drill is not a materialization: the newest one stays the newest passing drill.
+    assert instance.get_latest_materialization_event(DRILL_KEY) is None
+    assert scratch_databases(postgres) == []
+
+
+def test_a_dump_with_a_truncated_table_fails_verification(postgres, s3, bucket, source):
+    """The dump matches its checksum but lost a table's rows (the manifest still counts them)."""
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    with postgres.connect(source) as conn:
+        conn.execute("TRUNCATE sales.order_items")
+    dump = subprocess.run(
+        [str(postgres.bin_dir / "pg_dump"), "--format=custom", postgres.url_for(source)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    s3.client().put_object(Bucket=bucket, Key=backup.dump_key, Body=dump)
+    rewrite_manifest(
+        s3,
+        bucket,
+        backup,
+        lambda manifest: manifest.update(sha256=hashlib.sha256(dump).hexdigest(), dump_bytes=len(dump)),
+    )
+    backup = latest_backup(s3.client(), bucket, PREFIX, database=source)
+    report = drill(postgres, s3, bucket, backup)
+    assert report.differences == ["table sales.order_items: 0 rows restored, the manifest says 360"]
+    assert report.tables == len(backup.manifest["tables"]) - 1
+
+
+KILLABLE_DRILL = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import boto3
+    from hotpot_orchestration.backups.catalog import latest_backup
+    from hotpot_orchestration.platform.pg import PgTarget
+    from hotpot_orchestration.restores import procedure
+
+    args = json.loads(sys.argv[1])
+    client = boto3.client("s3", endpoint_url=args["endpoint"], region_name="us-east-1")
+    backup = latest_backup(client, args["bucket"], "database/", database=args["database"])
+    procedure.restore_backup(
+        client, args["bucket"], backup, PgTarget.from_url(args["server"]), Path(args["bin_dir"]),
+        procedure.RestoreOptions(jobs=2),
+    )
+    """
+)
+
+
+def _restoring_into(postgres) -> list[tuple[str, int]]:
+    with postgres.connect() as conn:
+        return conn.execute(
+            "SELECT datname, pid FROM pg_stat_activity WHERE application_name = 'pg_restore'"
+            " AND datname LIKE 'hotpot\\_drill\\_%'"
+        ).fetchall()
+
+
+@pytest.mark.slow
+def test_a_drill_killed_mid_restore_leaves_a_scratch_database_the_next_drill_removes(postgres, s3, bucket):
+    dbname = f"big_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(dbname)
+    try:
+        with postgres.connect(dbname) as conn:
+            # Big enough that pg_restore runs for a few seconds.
+            conn.execute(
+                "CREATE TABLE tickets AS SELECT g AS id, md5(g::text) AS note"
+                " FROM generate_series(1, 500000) g;"
+                "ALTER TABLE tickets ADD PRIMARY KEY (id); CREATE INDEX ON tickets (note);"
+            )
+        backup = take_verified_backup(postgres, s3, bucket, dbname)
+        args = {
+            "endpoint": s3.endpoint_url,
+            "bucket": bucket,
+            "database": dbname,
+            "server": postgres.url,
+            "bin_dir": str(postgres.bin_dir),
+        }
+        victim = subprocess.Popen(
+            [sys.executable, "-c", KILLABLE_DRILL, json.dumps(args)], env=os.environ.copy()
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not _restoring_into(postgres):
+                assert victim.poll() is None, "the drill ended before it could be killed mid-restore"
+                assert time.monotonic() < deadline, "pg_restore never started"
+                time.sleep(0.02)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+        finally:
+            if victim.poll() is None:
+                victim.kill()
+        (leftover,) = scratch_databases(postgres)
+        # pg_restore died with the drill instead of writing on into the leftover.
+        deadline = time.monotonic() + 10
+        while _restoring_into(postgres):
+            assert time.monotonic() < deadline, "pg_restore outlived the drill that started it"
+            time.sleep(0.1)
+
+        report = drill(postgres, s3, bucket, backup)
+        assert report.cleaned_up == [leftover]
+        assert report.passed, report.differences
+        assert scratch_databases(postgres) == []
+    finally:
+        postgres.drop_database(dbname)
+
+
+def test_a_live_drills_scratch_database_is_never_cleaned_up(postgres):
+    from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned
+
+    server = PgTarget.from_url(postgres.url)
+    with ScratchDatabase(server, "drill") as live:
+        assert drop_abandoned(server) == []
+        assert live.name in scratch_databases(postgres)
+        # Same name prefix but no marker comment: not ours, never dropped.
+        stranger = "hotpot_drill_19990101_000000_deadbeef"
+        postgres.create_database(stranger)
+        try:
+            assert drop_abandoned(server) == []
+        finally:
+            postgres.drop_database(stranger)
+    assert scratch_databases(postgres) == []
+
+
+def test_missing_roles_are_handled_without_owners_and_named_with_them(postgres, s3, bucket):
+    owner, reader = f"drill_owner_{uuid.uuid4().hex[:6]}", f"Drill Reader {uuid.uuid4().hex[:6]}"
+    dbname = f"owned_{uuid.uuid4().hex[:8]}"
+    with postgres.connect() as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(reader)))
+    seed_sample(postgres, dbname)
+    with postgres.connect(dbname) as conn:
+        conn.execute(sql.SQL("ALTER TABLE sales.orders OWNER TO {}").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("GRANT SELECT ON menu.menu_items TO {}").format(sql.Identifier(reader)))
+    backup = take_verified_backup(postgres, s3, bucket, dbname)
+    # The drill server does not know them.
+    postgres.drop_database(dbname)
+    with postgres.connect() as conn:
+        for role in (owner, reader):
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+    report = drill(postgres, s3, bucket, backup)
+    assert report.passed, report.differences
+
+    with pytest.raises(pgtools.RestoreToolError) as refused:
+        drill(postgres, s3, bucket, backup, keep_owners_and_privileges=True)
+    message = str(refused.value)
+    assert f"roles that do not exist on 127.0.0.1:{postgres.port}: {reader}, {owner}" in message
+    assert "Create them first, or restore without keep_owners_and_privileges" in message
+    assert scratch_databases(postgres) == []
+
+
+def _older_bin_dir(newer_major: int) -> Path | None:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda path: int(path.parent.name))
+    older = [
+        path for path in candidates if int(path.parent.name) < newer_major and (path / "postgres").exists()
+    ]
+    return older[-1] if older else None
+
+
+@pytest.fixture(scope="module")
+def older_postgres(postgres):
+    bin_dir = _older_bin_dir(postgres.version)
+    if bin_dir is None:
+        pytest.skip(f"no PostgreSQL older than {postgres.version} under /usr/lib/postgresql")
+    with Postgres(bin_dir=bin_dir) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_a_newer_dump_restores_into_an_older_server(postgres, older_postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    report = drill(postgres, s3, bucket, backup, server=PgTarget.from_url(older_postgres.url))
+    assert report.passed, report.differences
+    assert report.tables == len(backup.manifest["tables"])
+    assert any(
+        f"runs PostgreSQL {older_postgres.version}: objects that need a newer server" in w
+        for w in report.warnings
+    )
+    assert any("set transaction_timeout, which the PostgreSQL" in w for w in report.warnings)
+
+
+@pytest.mark.slow
+def test_an_older_pg_restore_is_refused_with_the_binaries_to_use(postgres, older_postgres):
+    with pytest.raises(pgtools.RestoreToolError) as refused:
+        pgtools.check_pg_restore_can_read(older_postgres.bin_dir, "18.6")
+    assert f"is version {older_postgres.version} and cannot read it" in str(refused.value)
+    assert "set HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL 18 or newer" in str(refused.value)
+
+
+def restore_job(postgres, s3, bucket, protected: str, instance=None, **config):
+    return restore_database_job.execute_in_process(
+        run_config={"ops": {"restore_database": {"config": config}}},
+        resources={
+            key: value
+            for key, value in resources(postgres, s3, bucket, protected).items()
+            if key != "drill_postgres"
+        },
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def failure_message(result) -> str:
+    (failure,) = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    return failure.event_specific_data.error.message
+
+
+def count(postgres, dbname: str, table: str) -> int:
+    with postgres.connect(dbname) as conn:
+        return conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(*table.split(".")))
+        ).fetchone()[0]
+
+
+def test_restore_job_refusals_say_what_to_pass_and_touch_nothing(postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    target = f"busy_{uuid.uuid4().hex[:8]}"
+    seed_sample(postgres, target)
+    with postgres.connect(target) as conn:
+        conn.execute("CREATE TABLE precious (id int); INSERT INTO precious VALUES (1)")
+    try:
+        cases = [
+            ({"target_database": target, "partition": backup.partition}, "pass replace: true and confirm: "),
+            (
+                {
+                    "target_database": target,
+                    "partition": backup.partition,
+                    "replace": True,
+                    "confirm": "oops",
+                },
+                f"pass confirm: '{target}' (got 'oops')",
+            ),
+            (
+                {"target_database": source, "backup_key": backup.dump_key, "replace": True},
+                f"'{source}' is the database HOTPOT_DATABASE_URL points at",
+            ),
+            ({"target_database": target}, "name the backup to restore (neither given)"),
+        ]
+        for config, expected in cases:
+            result = restore_job(postgres, s3, bucket, protected=source, **config)
+            assert not result.success
+            assert expected in failure_message(result), config
+        assert count(postgres, target, "public.precious") == 1
+        assert scratch_databases(postgres) == []
+    finally:
+        postgres.drop_database(target)
+
+
+def test_restore_job_replaces_a_confirmed_target_with_the_verified_backup(postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    target = f"replaced_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(target)
+    with postgres.connect(target) as conn:
+        conn.execute("CREATE TABLE precious (id int)")
+    try:
+        result = restore_job(
+            postgres,
+            s3,
+            bucket,
+            protected=source,
+            target_database=target,
+            backup_key=backup.dump_key,
+            replace=True,
+            confirm=target,
+        )
+        assert result.success, failure_message(result)
+        for table in backup.manifest["tables"]:
+            assert count(postgres, target, f"{table['schema']}.{table['name']}") == table["rows"]
+        with postgres.connect(target) as conn:
+            assert conn.execute("SELECT to_regclass('public.precious')").fetchone() == (None,)
+            (comment,) = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                " WHERE datname = current_database()"
+            ).fetchone()
+        assert f"from s3://{bucket}/{backup.dump_key} by restore_database_job" in comment
+        assert scratch_databases(postgres) == []
+
+        # A new database needs no confirmation.
+        fresh = f"fresh_{uuid.uuid4().hex[:8]}"
+        result = restore_job(
+            postgres, s3, bucket, protected=source, target_database=fresh, partition=backup.partition
+        )
+        assert result.success, failure_message(result)
+        assert count(postgres, fresh, "sales.orders") == 120
+        postgres.drop_database(fresh)
+    finally:
+        postgres.drop_database(target)
+
+
+def test_restore_job_restores_over_the_live_database_when_told_twice(postgres, s3, bucket, source):
+    """The seed's restore-database.sh case: the backup goes back into HOTPOT_DATABASE_URL's database."""
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    with postgres.connect(source) as conn:
+        conn.execute("DELETE FROM sales.order_items; DELETE FROM sales.orders")
+    result = restore_job(
+        postgres,
+        s3,
+        bucket,
+        protected=source,
+        target_database=source,
+        partition=backup.partition,
+        replace=True,
+        confirm=source,
+    )
+    assert result.success, failure_message(result)
+    assert count(postgres, source, "sales.orders") == 120
+    assert count(postgres, source, "sales.order_items") == 360
