@@ -19,9 +19,10 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 
 
 class PagingProxy:
-    def __init__(self, upstream: str, max_page: int = 1000):
+    def __init__(self, upstream: str, max_page: int = 1000, paginate: bool = True):
         self.upstream = upstream.rstrip("/")
         self.max_page = max_page
+        self.paginate = paginate  # False: relay tag lists as the registry sends them (only count requests)
         self.requests = 0
         self._client = httpx.Client(timeout=60)
         self._server: ThreadingHTTPServer | None = None
@@ -44,7 +45,12 @@ class PagingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
-                paged = self.command == "GET" and parts.path.endswith("/tags/list") and "n" in query
+                paged = (
+                    proxy.paginate
+                    and self.command == "GET"
+                    and parts.path.endswith("/tags/list")
+                    and "n" in query
+                )
                 url = proxy.upstream + (parts.path if paged else self.path)
                 upstream = proxy._client.request(self.command, url, headers=headers, content=body)
                 content, extra = upstream.content, {}

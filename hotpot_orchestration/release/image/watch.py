@@ -89,7 +89,7 @@ def evaluate(
     production_digest: str | None = None,
     *,
     immutable_tags: bool = True,
-    max_new_per_tick: int = 500,
+    max_new_per_tick: int = 1000,
     workers: int = 8,
 ) -> WatchResult:
     start_requests = client.requests_sent
