@@ -43,7 +43,7 @@ RELEASE_JOBS = (CANARY_JOB, BLUE_GREEN_JOB)
 @contextmanager
 def _alive(context) -> Iterator[None]:
     """Record this worker and keep a heartbeat going while a release step runs."""
-    storage, key = context.instance.run_storage, worker_key(context.run_id)
+    storage, key = context.instance.run_storage, worker_key(context.run.run_id)
     storage.set_cursor_values({key: worker_record()})
     stop = threading.Event()
 

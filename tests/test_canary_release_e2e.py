@@ -1,0 +1,309 @@
+"""canary_release_job end to end, with time compressed (2 s analysis intervals, 4 s pauses instead of 10 min).
+
+Real services on 127.0.0.1: Debian's nginx routing between two colours of a stand-in API (small Python HTTP
+servers exposing the seed's metrics, whose faults the tests switch on: see release/rollout/localstack.py),
+Debian's Prometheus scraping both every second, bounded synthetic traffic through nginx, the devstack registry
+holding the image and the devstack S3 holding a verified backup (the safety gates are the real ones).
+
+Run by hand as `python tests/test_canary_release_e2e.py SPEC.json`, this file executes the job in a process of
+its own: the kill test uses that to kill -9 a release mid-rollout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
+from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.rollout import build_rollout_defs
+from hotpot_orchestration.release.rollout.localstack import SELECTOR, ReleaseStack, Traffic
+from hotpot_orchestration.release.rollout.plan import parse_plan
+from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
+
+INTERVAL = 2.0
+PLAN = f"""
+analysis:
+  interval: {INTERVAL}s
+  window: 3s
+  min_requests: 15
+  max_inconclusive: 2
+  selector: '{SELECTOR}'
+  metrics:
+    error_ratio: {{threshold: 0.1, max_increase_over_stable: 0.02}}
+    latency_p95: {{threshold: 1.0, max_increase_over_stable: 0.25}}
+approval_timeout: 20s
+health_timeout: 5s
+steps:
+  - {{weight: 20, pause: 4s}}
+  - {{weight: 40, pause: 4s}}
+  - {{weight: 60, pause: 4s}}
+  - {{weight: 80, pause: 4s}}
+blue_green: {{analysis: 4s, scale_down_delay: 1s}}
+"""
+STEP_LOG = re.compile(r"^step \d+ \(weight (?P<weight>\d+)\): \d+ % of traffic on ")
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "devstack-access-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret-key"}
+
+pytestmark = pytest.mark.slow
+
+
+def definitions(spec: dict) -> dg.Definitions:
+    """The rollout definitions for `spec` (plan text, resource configs), as the code location builds them."""
+    return dg.Definitions.merge(
+        build_rollout_defs(parse_plan(spec["plan"])),
+        dg.Definitions(
+            resources={
+                "traffic_router": TrafficRouterResource(**spec["router"]),
+                "canary_prometheus": CanaryPrometheusResource(url=spec["prometheus_url"]),
+                "release_image": ReleaseImageResource(**spec["image"]),
+                "registry": RegistryResource(registry=spec["image"]["registry"]),
+                "backup_storage": BackupStorageResource(**spec["backup_storage"]),
+            }
+        ),
+    )
+
+
+def execute(spec: dict, instance: dg.DagsterInstance, job_name: str = "canary_release_job"):
+    job = definitions(spec).resolve_job_def(job_name)
+    return job.execute_in_process(instance=instance, raise_on_error=False)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with ReleaseStack() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def spec(stack, registry, s3):
+    os.environ.update(AWS_ENV)  # boto3's own chain, as in production
+    repository = f"thehotpotspot/api-{uuid.uuid4().hex[:6]}"
+    digest = registry.push_test_image(repository, "v2")
+    bucket = f"release-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
+    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - timedelta(hours=3))
+    return {
+        "plan": PLAN,
+        "router": stack.router_resource().model_dump(),
+        "prometheus_url": stack.prometheus.url,
+        "image": {"tag": "v2", "digest": digest, "repository": repository, "registry": registry.host},
+        "backup_storage": {"bucket": bucket, "prefix": "database/", "endpoint_url": s3.endpoint_url},
+    }
+
+
+def write_verified_backup(client, bucket: str, prefix: str, created_at: datetime) -> None:
+    dump_key, manifest_key = backup_keys(prefix, "hotpot", created_at.date().isoformat(), created_at)
+    manifest = new_manifest(
+        database="hotpot",
+        partition=created_at.date().isoformat(),
+        created_at=created_at,
+        dump_key=dump_key,
+        dump_bytes=1,
+        sha256="0" * 64,
+        compression="zstd",
+        server_version="18.0",
+        server_version_num=180000,
+        pg_dump_version="18.0",
+        snapshot="",
+        tables=[],
+        sequences=[],
+        extensions=[],
+        large_objects=0,
+    )
+    manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": True, "detail": "restored"}
+    write_manifest(client, bucket, manifest_key, manifest, {})
+
+
+@pytest.fixture
+def instance(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
+        yield test_instance
+
+
+@pytest.fixture(autouse=True)
+def clean_stack(stack):
+    stack.reset()
+    time.sleep(3)  # let the previous test's requests leave the 3 s analysis window
+    yield
+
+
+def logs(instance, run_id: str) -> list[dg.EventLogEntry]:
+    return list(instance.all_logs(run_id))
+
+
+def observations(instance, run_id: str) -> list[dg.EventLogEntry]:
+    return [
+        entry
+        for entry in logs(instance, run_id)
+        if entry.dagster_event and entry.dagster_event.is_asset_observation
+    ]
+
+
+def weight_set_at(instance, run_id: str) -> dict[int, float]:
+    """When each step's weight took effect (the router returns once nginx's new workers serve it)."""
+    return {
+        int(match["weight"]): entry.timestamp
+        for entry in logs(instance, run_id)
+        if (match := STEP_LOG.match(entry.user_message or ""))
+    }
+
+
+def materialized(instance, key: str):
+    return instance.get_latest_materialization_event(dg.AssetKey(key))
+
+
+def test_a_good_canary_walks_every_step_to_100_percent(stack, spec, instance):
+    with stack.traffic() as traffic:
+        result = execute(spec, instance)
+        time.sleep(1.5)  # traffic after the promotion
+        finished = time.time()
+    assert result.success
+    steps = [20, 40, 60, 80]
+    for weight in steps:
+        event = materialized(instance, f"canary_weight_{weight}")
+        assert event is not None and event.run_id == result.run_id
+        assert event.asset_materialization.metadata["outcome"].value == "pass"
+    release = materialized(instance, "production_release").asset_materialization.metadata
+    assert release["digest"].value == spec["image"]["digest"] and release["tag"].value == "v2"
+    assert release["live_color"].value == "green"
+
+    # Observed share of each step, between its weight taking effect and the next one's.
+    started = weight_set_at(instance, result.run_id)
+    promoted = materialized(instance, "production_release").timestamp
+    bounds = [started[w] for w in steps] + [promoted]
+    for weight, start, end in zip(steps, bounds, bounds[1:], strict=False):
+        hits = traffic.between(start + 0.1, end - 0.1)
+        assert len(hits) > 100
+        share = Traffic.share(hits, "green")
+        assert abs(share - weight) <= 5, f"step {weight}: green served {share:.1f} % of {len(hits)} requests"
+    after = traffic.between(promoted + 0.5, finished)
+    assert Traffic.share(after, "green") == 100.0
+    # Every reload went without a dropped request: all answered, all 200.
+    assert all(hit.status == 200 for hit in traffic.hits), Counter(hit.status for hit in traffic.hits)
+    assert stack.router().state().live == "green"
+
+
+def failed_fast(instance, result, stack, traffic) -> tuple[str, float]:
+    """Asserts the run failed in its first step on its first measurement; returns the failure message and
+    the seconds from the weight taking effect to the verdict."""
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "canary_weight_20"
+    message = failure.step_failure_data.error.message
+    verdicts = observations(instance, result.run_id)
+    assert len(verdicts) == 1  # caught at the first measurement of the step
+    seconds = verdicts[0].timestamp - weight_set_at(instance, result.run_id)[20]
+    assert seconds < INTERVAL + 1.0  # within one analysis interval (+ the queries' own time)
+    assert materialized(instance, "production_release") is None
+    assert stack.router().state().canary_weight == 0
+    rolled_back = next(
+        e.timestamp
+        for e in logs(instance, result.run_id)
+        if "serves all traffic again" in (e.user_message or "")
+    )
+    time.sleep(1.5)
+    assert Traffic.share(traffic.between(rolled_back + 0.2, time.time()), "blue") == 100.0
+    return message, seconds
+
+
+def test_a_canary_returning_some_5xx_is_caught_and_traffic_returns_to_stable(stack, spec, instance):
+    stack.colors["green"].fault_5xx_ratio = 0.1
+    with stack.traffic() as traffic:
+        result = execute(spec, instance)
+        message, _ = failed_fast(instance, result, stack, traffic)
+    assert "error_ratio" in message and "exceeds stable" in message
+
+
+def test_a_slow_canary_is_caught_and_traffic_returns_to_stable(stack, spec, instance):
+    stack.colors["green"].fault_latency = 0.3
+    with stack.traffic() as traffic:
+        result = execute(spec, instance)
+        message, _ = failed_fast(instance, result, stack, traffic)
+    assert "latency_p95" in message
+
+
+def test_a_canary_without_traffic_is_never_promoted(stack, spec, instance):
+    result = execute(spec, instance)  # no traffic at all
+    assert not result.success
+    assert materialized(instance, "canary_weight_20") is None
+    assert materialized(instance, "production_release") is None
+    verdicts = [e.asset_observation.metadata["verdict"].value for e in observations(instance, result.run_id)]
+    assert verdicts == ["inconclusive"] * 3  # max_inconclusive (2) + 1
+    assert stack.router().state().canary_weight == 0
+
+
+def test_gates_block_a_release_and_name_the_failed_gate(stack, spec, instance, s3):
+    bucket = f"stale-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
+    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - timedelta(hours=30))
+    missing = "sha256:" + "f" * 64
+    bad = {**spec, "backup_storage": {**spec["backup_storage"], "bucket": bucket}}
+    bad["image"] = {**spec["image"], "digest": missing}
+    result = execute(bad, instance)
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "gate 'backup fresh and verified'" in message and "30.0 h old" in message
+    assert "gate 'image digest in the registry'" in message and "not in the registry" in message
+    assert stack.router().state().canary_weight == 0
+
+
+def test_killing_the_run_mid_rollout_leaves_stable_at_100_percent(stack, spec, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps({**spec, "dagster_home": str(home)}))
+    router = stack.router()
+    with stack.traffic() as traffic:
+        worker = subprocess.Popen(
+            [sys.executable, __file__, str(spec_file)], env={**os.environ, **AWS_ENV}, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while router.state().canary_weight < 40:
+                assert worker.poll() is None, "the release ended before reaching 40 %"
+                assert time.monotonic() < deadline, "the release never reached 40 %"
+                time.sleep(0.1)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            killed_at = time.time()
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+        time.sleep(1)
+        assert router.state().canary_weight == 40  # nobody is left to roll it back...
+
+        instance = dg.DagsterInstance.local_temp(str(home))
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED  # ...and the run still looks alive
+        with dg.build_sensor_context(
+            instance=instance, resources={"traffic_router": TrafficRouterResource(**spec["router"])}
+        ) as context:
+            tick = release_failure_sensor(context)  # one tick
+        restored_at = time.time()
+        assert "back to 100 %" in tick.skip_message
+        assert router.state().canary_weight == 0
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        time.sleep(1.5)
+        assert Traffic.share(traffic.between(restored_at + 0.2, time.time()), "blue") == 100.0
+        assert killed_at < restored_at
+
+
+if __name__ == "__main__":
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    with dg.DagsterInstance.local_temp(spec["dagster_home"]) as worker_instance:
+        execute(spec, worker_instance)
