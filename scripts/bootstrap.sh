@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # nginx, prometheus, docker-registry: the devstack's router, metrics and registry; buildah: image builds;
-# gcc: compiles the sample app.
-APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev)
+# gcc: compiles the sample app; chromium: the browser check of the Dagster UI.
+APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -10,6 +10,9 @@ Function-scoped:
   sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
   nginx_factory    nginx_factory(upstreams) -> a started Nginx, stopped after the test
   http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
+Session-scoped, for the operator's end-to-end tests:
+  devstack    DevStack: every service, seeded, as `make dev` starts them; .env()
+  dagster_ui  DagsterServices: dagster-webserver + dagster-daemon with the devstack's environment; .graphql()
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hotpot_orchestration.devstack import Nginx, Postgres, Prometheus, Registry, S3Server, seed_sample
+from hotpot_orchestration.devstack import (
+    DevStack,
+    Nginx,
+    Postgres,
+    Prometheus,
+    Registry,
+    S3Server,
+    seed_sample,
+)
+from hotpot_orchestration.devstack.dagster_services import DagsterServices
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +115,17 @@ def http_backend() -> Iterator[Callable[[str], str]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def devstack() -> Iterator[DevStack]:
+    """Every service together, seeded, as `make dev` starts them (for the operator's end-to-end tests)."""
+    with DevStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def dagster_ui(devstack: DevStack) -> Iterator[DagsterServices]:
+    """dagster-webserver + dagster-daemon on a private DAGSTER_HOME, with the devstack's environment."""
+    with DagsterServices(env=devstack.env()) as services:
+        yield services

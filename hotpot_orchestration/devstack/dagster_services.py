@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class DagsterServices(Service):
         env = {**os.environ, **self.extra_env, "DAGSTER_HOME": str(self.home)}
         bin_dir = Path(sys.executable).parent
         workspace = str(self.checkout / "workspace.yaml")
+        # Create the SQLite schema once up front: the webserver and the daemon would otherwise race to.
+        subprocess.run(
+            [str(bin_dir / "dagster"), "instance", "migrate"], env=env, check=True, capture_output=True
+        )
         self._spawn(
             [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", workspace],
             log_name="webserver.log",
