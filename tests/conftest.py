@@ -10,13 +10,16 @@ Function-scoped:
   sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
   nginx_factory    nginx_factory(upstreams) -> a started Nginx, stopped after the test
   http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
+  webhook_receiver webhook_receiver(fail_next=0) -> a Slack-like webhook on loopback recording what it gets
 Session-scoped, for the operator's end-to-end tests:
   devstack    DevStack: every service, seeded, as `make dev` starts them; .env()
   dagster_ui  DagsterServices: dagster-webserver + dagster-daemon with the devstack's environment; .graphql()
+  alert_inbox the WebhookReceiver that dagster_ui's run_failure_alert_sensor posts to
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -117,6 +120,59 @@ def http_backend() -> Iterator[Callable[[str], str]]:
         server.server_close()
 
 
+class WebhookReceiver:
+    """A Slack-like webhook on 127.0.0.1 that records what it gets; `fail_next` answers 503 first."""
+
+    def __init__(self, fail_next: int = 0):
+        self.messages: list[dict] = []
+        self.fail_next = fail_next
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail_next:
+                    receiver.fail_next -= 1
+                    self.send_response(503)
+                else:
+                    receiver.messages.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[Callable[..., WebhookReceiver]]:
+    """webhook_receiver(fail_next=0) -> a started WebhookReceiver, closed after the test."""
+    started: list[WebhookReceiver] = []
+
+    def start(fail_next: int = 0) -> WebhookReceiver:
+        started.append(WebhookReceiver(fail_next))
+        return started[-1]
+
+    yield start
+    for receiver in started:
+        receiver.close()
+
+
+@pytest.fixture(scope="session")
+def alert_inbox() -> Iterator[WebhookReceiver]:
+    """The webhook the end-to-end Dagster instance posts its failure alerts to."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[DevStack]:
     """Every service together, seeded, as `make dev` starts them (for the operator's end-to-end tests)."""
@@ -125,7 +181,13 @@ def devstack() -> Iterator[DevStack]:
 
 
 @pytest.fixture(scope="session")
-def dagster_ui(devstack: DevStack) -> Iterator[DagsterServices]:
+def dagster_ui(devstack: DevStack, alert_inbox: WebhookReceiver) -> Iterator[DagsterServices]:
     """dagster-webserver + dagster-daemon on a private DAGSTER_HOME, with the devstack's environment."""
-    with DagsterServices(env=devstack.env()) as services:
+    # The drill schedule ticks every minute here, so a test can watch the daemon run a schedule.
+    env = {
+        **devstack.env(),
+        "HOTPOT_RESTORE_DRILL_CRON": "* * * * *",
+        "HOTPOT_ALERT_WEBHOOK_URL": alert_inbox.url,
+    }
+    with DagsterServices(env=env) as services:
         yield services

@@ -3,54 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
-import pytest
 
 from hotpot_orchestration.operations.alerts import post_alert, scrub_secrets
 from hotpot_orchestration.operations.sensors import AlertWebhookResource, run_failure_alert_sensor
 
 SECRET = "hunter2-Secr3t"
-
-
-class Receiver:
-    """A Slack-like webhook on 127.0.0.1 that records what it gets; `fail_next` answers 503 first."""
-
-    def __init__(self, fail_next: int = 0):
-        self.messages: list[dict] = []
-        self.fail_next = fail_next
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.fail_next:
-                    receiver.fail_next -= 1
-                    self.send_response(503)
-                else:
-                    receiver.messages.append(json.loads(body))
-                    self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver():
-    receiver = Receiver()
-    yield receiver
-    receiver.close()
 
 
 @dg.op
@@ -77,7 +36,8 @@ def failure_context(instance: dg.DagsterInstance, webhook: AlertWebhookResource)
     ).for_run_failure()
 
 
-def test_one_slack_message_per_failed_run_without_secrets(receiver):
+def test_one_slack_message_per_failed_run_without_secrets(webhook_receiver):
+    receiver = webhook_receiver()
     webhook = AlertWebhookResource(url=receiver.url, ui_url="http://dagster.example:3000")
     with dg.instance_for_test() as instance:
         contexts = [failure_context(instance, webhook) for _ in range(2)]
@@ -93,8 +53,8 @@ def test_one_slack_message_per_failed_run_without_secrets(receiver):
         assert SECRET not in text
 
 
-def test_webhook_down_is_retried_then_logged_without_crashing():
-    receiver = Receiver(fail_next=2)
+def test_webhook_down_is_retried_then_logged_without_crashing(webhook_receiver):
+    receiver = webhook_receiver(fail_next=2)
     try:
         delivery = post_alert(receiver.url, {"text": "x"}, attempts=3, backoff_s=0.01)
         assert delivery.delivered and delivery.attempts == 3

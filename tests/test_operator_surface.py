@@ -4,7 +4,10 @@ API the UI uses."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import uuid
 
 import pytest
 
@@ -94,3 +97,101 @@ def test_nightly_backup_launched_from_the_api_succeeds_with_history_and_metadata
     assert metadata, "the backup's materialization carries metadata"
     text = " ".join(str(entry) for entry in metadata.values())
     assert "s3://thehotpotspot-backups/" in text
+
+
+START_SENSOR = """
+mutation Start($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename ... on Sensor { sensorState { status } } ... on PythonError { message }
+  }
+}"""
+START_SCHEDULE = """
+mutation Start($selector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $selector) {
+    __typename ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message }
+  }
+}"""
+SCHEDULE_TICKS = """
+query Ticks($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    ... on Schedule { scheduleState { ticks(limit: 5) { status runIds timestamp } } }
+  }
+}"""
+RUNS_WITH_TAGS = """
+query Runs($job: String!) {
+  runsOrError(filter: {pipelineName: $job}) { ... on Runs { results { runId status tags { key value } } } }
+}"""
+
+
+def selector(kind: str, name: str) -> dict:
+    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, f"{kind}Name": name}
+
+
+def wait_for(what: str, check, dagster_ui: DagsterServices, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(2)
+    pytest.fail(f"{what} within {timeout}s; daemon log:\n{dagster_ui.log('daemon')[-3000:]}")
+
+
+def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack):
+    schedule = selector("schedule", "restore_drill_schedule")
+    result = dagster_ui.graphql(START_SCHEDULE, {"selector": schedule})["startSchedule"]
+    assert result["__typename"] == "ScheduleStateResult", result
+    sensor = selector("sensor", "new_image_tag_sensor")
+    result = dagster_ui.graphql(START_SENSOR, {"selector": sensor})["startSensor"]
+    assert result["__typename"] == "Sensor", result
+
+    # A new build lands in the registry under a commit tag.
+    tag = uuid.uuid4().hex[:12]
+    digest = devstack.registry.push_test_image("thehotpotspot/api", tag, payload=tag.encode())
+
+    def canary_run_for_digest():
+        runs = dagster_ui.graphql(RUNS_WITH_TAGS, {"job": "canary_release_job"})["runsOrError"]["results"]
+        return [run for run in runs if {"key": "hotpot/image-digest", "value": digest} in run["tags"]]
+
+    runs = wait_for(
+        "the daemon started no canary_release_job for the new tag", canary_run_for_digest, dagster_ui
+    )
+    assert len(runs) == 1
+    assert {"key": "hotpot/image-tag", "value": tag} in runs[0]["tags"]
+
+    # HOTPOT_RESTORE_DRILL_CRON is every minute in this stack: the daemon ticks the schedule and launches.
+    def schedule_tick_with_run():
+        state = dagster_ui.graphql(SCHEDULE_TICKS, {"selector": schedule})["scheduleOrError"]["scheduleState"]
+        return [tick for tick in state["ticks"] if tick["status"] == "SUCCESS" and tick["runIds"]]
+
+    ticks = wait_for("no schedule tick launched a run", schedule_tick_with_run, dagster_ui, timeout=150)
+    assert ticks[0]["runIds"]
+
+
+RUN_LINK = re.compile(r"/runs/([0-9a-f-]{36})")
+FAILED_RUNS = """
+{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }"""
+
+
+def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox):
+    # A backup of a partition whose window is long past is refused: a run that fails for certain.
+    run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": "2020-01-01"})
+    assert wait_for_run(dagster_ui, run_id) == "FAILURE"
+
+    def alerted_run_ids() -> list[str]:
+        return [RUN_LINK.search(json.dumps(message)).group(1) for message in alert_inbox.messages]
+
+    def failed_runs() -> set[str]:
+        return {run["runId"] for run in dagster_ui.graphql(FAILED_RUNS)["runsOrError"]["results"]}
+
+    wait_for(
+        "not every failed run reached the webhook",
+        lambda: failed_runs() <= set(alerted_run_ids()),
+        dagster_ui,
+    )
+    time.sleep(35)  # one more sensor interval: nothing may be sent twice
+    alerted = alerted_run_ids()
+    assert len(alerted) == len(set(alerted)), "a failed run was alerted more than once"
+    assert set(alerted) == failed_runs(), "alerts only for failed runs, one for each"
+    ours = [m for m in alert_inbox.messages if run_id in json.dumps(m)]
+    assert "nightly_backup_job" in ours[0]["text"]
