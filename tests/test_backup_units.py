@@ -152,7 +152,7 @@ COMMIT;
 
 
 def test_restore_script_parsing_counts_rows_of_quoted_tables_only_in_data_entries():
-    contents = parse_restore_script(SCRIPT.splitlines(keepends=True))
+    contents = parse_restore_script(SCRIPT.split(b"\n"))
     assert contents.tables == {('Odd "Schema"', "Order Items"): 2, ("public", "empty"): 0}
     assert contents.sequences == {("public", "My.Seq"), ("it's", "s")}
     assert contents.large_objects == {16541, 16542}

@@ -12,7 +12,7 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,12 @@ _COPY = re.compile(
 _SETVAL = re.compile(rb"^SELECT pg_catalog\.setval\('(?P<name>(?:[^']|'')*)', ")
 _LO_OPEN = re.compile(rb"^SELECT pg_catalog\.lo_open\('(?P<oid>\d+)', ")
 _QUALIFIED = re.compile(rb"(?P<schema>" + _IDENT + rb")\.(?P<name>" + _IDENT + rb")")
-_END_OF_COPY = b"\\.\n"
+_END_OF_COPY = b"\\."
 # At most this many differences are spelled out in a verdict.
 MAX_REPORTED = 20
+# pg_restore can spin forever on some corrupted compressed blocks; a healthy one never stays silent this long
+# while its input is flowing or already complete.
+STALL_SECONDS = 120.0
 
 
 def _unquote(identifier: bytes) -> str:
@@ -53,6 +56,7 @@ class ArchiveContents:
 
 
 def parse_restore_script(lines: Iterable[bytes]) -> ArchiveContents:
+    """Parse the script pg_restore writes, given as lines without their newline."""
     contents = ArchiveContents()
     entry_type = b""
     copying: tuple[str, str] | None = None
@@ -70,7 +74,7 @@ def parse_restore_script(lines: Iterable[bytes]) -> ArchiveContents:
             if entry:
                 entry_type = entry["type"]
             continue
-        if entry_type == b"TABLE DATA" and (copy := _COPY.match(line.rstrip(b"\n"))):
+        if entry_type == b"TABLE DATA" and (copy := _COPY.match(line)):
             copying, rows = (_unquote(copy["schema"]), _unquote(copy["name"])), 0
         elif entry_type == b"SEQUENCE SET" and (setval := _SETVAL.match(line)):
             name = _QUALIFIED.fullmatch(setval["name"].replace(b"''", b"'"))
@@ -122,6 +126,37 @@ def compare(
     return problems
 
 
+class _Activity:
+    """When the pipeline last moved, for the stall watchdog."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def touch(self) -> None:
+        self.at = time.monotonic()
+
+
+def _lines(stream, activity: _Activity) -> Iterator[bytes]:
+    """Lines of `stream` without newlines, read in large chunks (far faster than line by line)."""
+    rest = b""
+    while chunk := stream.read1(MiB):
+        activity.touch()
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _watch(process, activity: _Activity, stall_seconds: float, stalled: threading.Event) -> None:
+    while process.poll() is None:
+        if time.monotonic() - activity.at > stall_seconds:
+            stalled.set()
+            process.kill()
+            return
+        time.sleep(min(1.0, stall_seconds / 4))
+
+
 @dataclass(frozen=True)
 class Verdict:
     ok: bool
@@ -131,7 +166,9 @@ class Verdict:
     seconds: float
 
 
-def verify_backup(client, bucket: str, backup: Backup, *, bin_dir: Path, endpoint: str) -> Verdict:
+def verify_backup(
+    client, bucket: str, backup: Backup, *, bin_dir: Path, endpoint: str, stall_seconds: float = STALL_SECONDS
+) -> Verdict:
     """Stream the dump through pg_restore and compare. A mismatch is a failed Verdict; being unable to read
     the object at all (S3 down) raises BackupError, since it says nothing about the backup itself."""
     started = time.monotonic()
@@ -141,6 +178,8 @@ def verify_backup(client, bucket: str, backup: Backup, *, bin_dir: Path, endpoin
     hasher = hashlib.sha256()
     size = 0
     feed_error: list[BaseException] = []
+    activity = _Activity()
+    stalled = threading.Event()
 
     def feed(stdin) -> None:
         nonlocal size
@@ -149,6 +188,7 @@ def verify_backup(client, bucket: str, backup: Backup, *, bin_dir: Path, endpoin
                 hasher.update(chunk)
                 size += len(chunk)
                 stdin.write(chunk)
+                activity.touch()
         except BrokenPipeError:
             pass  # pg_restore stopped early; its exit status and stderr say why
         except BaseException as error:
@@ -159,14 +199,24 @@ def verify_backup(client, bucket: str, backup: Backup, *, bin_dir: Path, endpoin
     with running([str(bin_dir / "pg_restore"), "--file=-"], stdin=True) as (process, stderr):
         feeder = threading.Thread(target=feed, args=(process.stdin,), name="archive-feed", daemon=True)
         feeder.start()
-        contents = parse_restore_script(process.stdout)
+        watchdog = threading.Thread(
+            target=_watch,
+            args=(process, activity, stall_seconds, stalled),
+            name="pg_restore-watchdog",
+            daemon=True,
+        )
+        watchdog.start()
+        contents = parse_restore_script(_lines(process.stdout, activity))
         returncode = process.wait()
         feeder.join()
+        watchdog.join()
     if feed_error:
         raise s3_error(feed_error[0], endpoint, f"reading {location}")
 
     problems = []
-    if returncode != 0:
+    if stalled.is_set():
+        problems.append(f"pg_restore made no progress for {stall_seconds:.0f} s and was stopped")
+    elif returncode != 0:
         problems.append(f"pg_restore could not read the archive (exit {returncode}): {stderr.text()}")
     problems += compare(
         backup.manifest,

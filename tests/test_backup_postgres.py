@@ -1,0 +1,323 @@
+"""Backups of a real PostgreSQL with the real pg_dump / pg_restore into a real S3 API (moto's server)."""
+
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hotpot_orchestration.backups.backup import take_backup
+from hotpot_orchestration.backups.catalog import list_backups, load_backup
+from hotpot_orchestration.backups.errors import BackupError
+from hotpot_orchestration.backups.verify import verify_backup
+from hotpot_orchestration.platform.pg import PgTarget
+
+pytestmark = pytest.mark.slow
+
+PREFIX = "database/"
+SSE = {"ServerSideEncryption": "AES256"}
+PG15 = Path("/usr/lib/postgresql/15/bin")
+
+RICH_SCHEMA = """
+CREATE SCHEMA menu;
+CREATE SCHEMA "Odd Schema";
+CREATE TABLE menu.items (id serial PRIMARY KEY, name text NOT NULL, price_cents int NOT NULL);
+INSERT INTO menu.items (name, price_cents)
+    SELECT 'dish ' || g, 500 + g FROM generate_series(1, 250) g;
+CREATE TABLE "Odd Schema"."Order Items" (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    "Item.Name" text,
+    "qty ""x"" col" int,
+    note text
+);
+INSERT INTO "Odd Schema"."Order Items" ("Item.Name", "qty ""x"" col", note)
+    VALUES ('broth', 2, E'multi\\nline'), ('tofu', 1, E'tab\\there'), ('lamb', 3, NULL), ('It''s', 1, '\\\\');
+CREATE SEQUENCE "Odd Schema"."Ticket.Seq" START 1000;
+SELECT nextval('"Odd Schema"."Ticket.Seq"') FROM generate_series(1, 5);
+CREATE SEQUENCE menu.never_used;
+CREATE TABLE menu.empty_table ();
+CREATE TABLE menu.visits (day date, guests int) PARTITION BY RANGE (day);
+CREATE TABLE menu.visits_2026 PARTITION OF menu.visits FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO menu.visits SELECT date '2026-01-01' + g, g % 40 FROM generate_series(0, 99) g;
+CREATE TABLE menu.base (id int);
+CREATE TABLE menu.child () INHERITS (menu.base);
+INSERT INTO menu.base VALUES (1), (2);
+INSERT INTO menu.child VALUES (3);
+CREATE UNLOGGED TABLE menu.cache (k text, v text);
+INSERT INTO menu.cache VALUES ('a', 'b');
+CREATE MATERIALIZED VIEW menu.cheap AS SELECT * FROM menu.items WHERE price_cents < 600;
+SELECT lo_from_bytea(0, convert_to('receipt #1 for table 7', 'UTF8'));
+SELECT lo_from_bytea(0, decode(repeat('00ff', 100000), 'hex'));
+SELECT lo_create(0);
+"""
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    return name
+
+
+@pytest.fixture
+def database(postgres):
+    """A new, empty database; dropped afterwards."""
+    name = f"backup_{uuid.uuid4().hex[:10]}"
+    postgres.create_database(name)
+    yield name
+    postgres.drop_database(name)
+
+
+def run_sql(postgres, dbname: str, script: str) -> None:
+    with postgres.connect(dbname) as conn:
+        conn.execute(script)
+
+
+def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None):
+    logs = []
+    result = take_backup(
+        target=PgTarget.from_url(url or postgres.url_for(dbname)),
+        url_variable="HOTPOT_DATABASE_URL",
+        bin_dir=bin_dir or postgres.bin_dir,
+        client=s3.client(),
+        endpoint=s3.endpoint_url,
+        bucket=bucket,
+        prefix=PREFIX,
+        partition="2026-03-01",
+        encryption=SSE,
+        log=logs.append,
+    )
+    return result, logs
+
+
+def fingerprint(postgres, dbname: str) -> dict:
+    """Every table's rows, sequence's state and large object's bytes, comparable across databases."""
+    out = {}
+    with postgres.connect(dbname) as conn:
+        tables = conn.execute(
+            "SELECT format('%I.%I', n.nspname, c.relname)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg_toast%'"
+        ).fetchall()
+        for (table,) in tables:
+            out[table] = conn.execute(
+                f"SELECT array_agg(t::text ORDER BY t::text) FROM ONLY {table} t"
+            ).fetchone()
+        sequences = conn.execute(
+            "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences"
+            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchall()
+        for (sequence,) in sequences:
+            out[sequence] = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        out["large objects"] = conn.execute(
+            "SELECT array_agg(lo_get(oid) ORDER BY oid) FROM pg_largeobject_metadata"
+        ).fetchone()
+    return out
+
+
+def test_round_trip_of_schemas_quoted_names_sequences_and_large_objects(
+    postgres, s3, bucket, database, tmp_path
+):
+    run_sql(postgres, database, RICH_SCHEMA)
+    result, logs = backup(postgres, s3, bucket, database)
+    manifest = result.manifest
+    client = s3.client()
+
+    tables = {(t["schema"], t["name"]): t["rows"] for t in manifest["tables"]}
+    assert tables == {
+        ("menu", "items"): 250,
+        ("Odd Schema", "Order Items"): 4,
+        ("menu", "empty_table"): 0,
+        ("menu", "visits_2026"): 100,
+        ("menu", "base"): 2,
+        ("menu", "child"): 1,
+        ("menu", "cache"): 1,
+    }
+    sequences = {(s["schema"], s["name"]): (s["last_value"], s["is_called"]) for s in manifest["sequences"]}
+    assert sequences[("Odd Schema", "Ticket.Seq")] == (1004, True)
+    assert sequences[("menu", "never_used")] == (1, False)
+    assert manifest["large_objects"] == 3
+    assert manifest["server_version_num"] // 10000 == postgres.version
+    assert manifest["compression"] in ("zstd:3", "gzip:6")
+    assert {"name": "plpgsql", "version": "1.0"} in manifest["extensions"]
+    head = client.head_object(Bucket=bucket, Key=manifest["dump_key"])
+    assert head["Metadata"]["sha256"] == manifest["sha256"]
+    assert head["ContentLength"] == manifest["dump_bytes"]
+    assert head["ServerSideEncryption"] == "AES256"
+    assert any("lifecycle rule" in line for line in logs)
+
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    assert verdict.ok, verdict.detail
+    assert verdict.rows == sum(tables.values())
+
+    archive = tmp_path / "backup.dump"
+    client.download_file(bucket, manifest["dump_key"], str(archive))
+    restored = f"{database}_restored"
+    postgres.create_database(restored)
+    try:
+        subprocess.run(
+            [str(postgres.bin_dir / "pg_restore"), "--exit-on-error", "--dbname", restored, str(archive)],
+            env=PgTarget.from_url(postgres.url_for(restored)).env(),
+            check=True,
+            capture_output=True,
+        )
+        assert fingerprint(postgres, restored) == fingerprint(postgres, database)
+    finally:
+        postgres.drop_database(restored)
+
+
+def test_manifest_counts_come_from_the_dumps_snapshot_while_rows_keep_arriving(
+    postgres, s3, bucket, database
+):
+    run_sql(postgres, database, "CREATE TABLE orders (id bigserial PRIMARY KEY, note text);")
+    run_sql(
+        postgres, database, "INSERT INTO orders (note) SELECT md5(g::text) FROM generate_series(1, 200000) g"
+    )
+    stop = threading.Event()
+
+    def keep_ordering():
+        with postgres.connect(database) as conn:
+            while not stop.is_set():
+                conn.execute("INSERT INTO orders (note) SELECT 'late' FROM generate_series(1, 50)")
+
+    writer = threading.Thread(target=keep_ordering)
+    writer.start()
+    try:
+        time.sleep(0.2)
+        result, _ = backup(postgres, s3, bucket, database)
+    finally:
+        stop.set()
+        writer.join()
+    counted = result.manifest["tables"][0]["rows"]
+    with postgres.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] > counted > 200000
+    client = s3.client()
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    assert verdict.ok, verdict.detail  # the archive holds exactly the counted rows
+
+
+def test_extension_configuration_tables_are_counted_with_the_extensions_filter(
+    postgres, s3, bucket, database
+):
+    # What pg_extension_config_dump() does inside an extension script, done by hand on a real extension.
+    run_sql(
+        postgres,
+        database,
+        """
+        CREATE EXTENSION hstore;
+        CREATE TABLE public.hstore_settings (id int, value text);
+        INSERT INTO public.hstore_settings SELECT g, 'v' FROM generate_series(1, 10) g;
+        ALTER EXTENSION hstore ADD TABLE public.hstore_settings;
+        UPDATE pg_extension SET extconfig = ARRAY['public.hstore_settings'::regclass::oid],
+            extcondition = ARRAY['WHERE id > 7'] WHERE extname = 'hstore';
+        CREATE TABLE public.plain (id int);
+        """,
+    )
+    result, _ = backup(postgres, s3, bucket, database)
+    tables = {(t["schema"], t["name"]): t["rows"] for t in result.manifest["tables"]}
+    assert tables == {("public", "hstore_settings"): 3, ("public", "plain"): 0}
+    client = s3.client()
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    assert verdict.ok, verdict.detail
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte"])
+def test_a_damaged_archive_fails_verification(postgres, s3, bucket, database, damage):
+    run_sql(postgres, database, RICH_SCHEMA)
+    result, _ = backup(postgres, s3, bucket, database)
+    client = s3.client()
+    key = result.manifest["dump_key"]
+    head = client.head_object(Bucket=bucket, Key=key)
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    if damage == "truncated":
+        data = data[:-200]  # the table of contents, at the start, is intact: pg_restore --list passes
+    else:
+        data[-300] ^= 0xFF  # inside the last compressed data block
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data), Metadata=head["Metadata"])
+    listed = subprocess.run(
+        [str(postgres.bin_dir / "pg_restore"), "--list"], input=bytes(data), capture_output=True
+    )
+    if damage == "truncated":
+        assert listed.returncode == 0
+
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    # pg_restore spins forever on some damaged blocks: the watchdog must stop it.
+    verdict = verify_backup(
+        client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url, stall_seconds=2
+    )
+    assert not verdict.ok
+    assert "SHA-256" in verdict.detail
+
+
+def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3, bucket, database):
+    # About 40 MB of dump: several 8 MiB parts, so the dump is surely still streaming after the first one.
+    run_sql(
+        postgres,
+        database,
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS payload "
+        "FROM generate_series(1, 800000) g",
+    )
+    client = s3.client()
+    terminated = []
+
+    def terminate_after_first_part():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+                parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                if parts.get("Parts"):
+                    with postgres.connect() as conn:
+                        terminated.extend(
+                            conn.execute(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %s AND application_name = 'pg_dump'",
+                                (database,),
+                            ).fetchall()
+                        )
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=terminate_after_first_part)
+    killer.start()
+    try:
+        with pytest.raises(BackupError) as failure:
+            backup(postgres, s3, bucket, database)
+    finally:
+        killer.join()
+    assert terminated == [(True,)]
+    message = str(failure.value)
+    assert "pg_dump exited with code 1" in message and "nothing was stored" in message
+    assert "terminat" in message  # pg_dump's own reason, from its stderr
+    assert postgres.password not in message
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.skipif(not (PG15 / "pg_dump").exists(), reason="no PostgreSQL 15 client installed")
+def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(postgres, s3, bucket, database):
+    with pytest.raises(BackupError) as refused:
+        backup(postgres, s3, bucket, database, bin_dir=PG15)
+    message = str(refused.value)
+    assert "pg_dump 15." in message and f"PostgreSQL {postgres.version}." in message
+    assert "HOTPOT_PG_BIN_DIR" in message
+    client = s3.client()
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3, bucket, database):
+    wrong = f"not-the-password-{uuid.uuid4().hex[:8]}"
+    url = postgres.url_for(database).replace(f":{postgres.password}@", f":{wrong}@")
+    started = time.monotonic()
+    with pytest.raises(BackupError) as refused:
+        backup(postgres, s3, bucket, database, url=url)
+    assert time.monotonic() - started < 5  # refused credentials are not retried
+    assert "HOTPOT_DATABASE_URL's password was refused" in str(refused.value)
+    assert wrong not in str(refused.value)
+    assert list_backups(s3.client(), bucket, PREFIX) == []
