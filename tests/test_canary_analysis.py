@@ -33,7 +33,8 @@ analysis:
 approval_timeout: 60s
 steps:
   - {weight: 20, pause: 30s}
-blue_green: {health_timeout: 5s, analysis: 30s, scale_down_delay: 1s}
+health_timeout: 5s
+blue_green: {analysis: 30s, scale_down_delay: 1s}
 """
 )
 ANALYSIS = PLAN.analysis

@@ -21,7 +21,8 @@ approval_timeout: 1m
 steps:
   - {weight: 20, pause: 4s}
   - {weight: 50, pause: 4s, gate: manual}
-blue_green: {health_timeout: 5s, analysis: 4s, scale_down_delay: 1s}
+health_timeout: 5s
+blue_green: {analysis: 4s, scale_down_delay: 1s}
 """
 
 
