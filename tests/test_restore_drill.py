@@ -36,6 +36,7 @@ from hotpot_orchestration.restores import (
     restore_drill,
     restore_drill_recent,
 )
+from hotpot_orchestration.restores.errors import RestoreSetupError
 from hotpot_orchestration.restores.scratch import PREFIXES
 
 pytestmark = pytest.mark.timeout(180)
@@ -356,7 +357,7 @@ def test_missing_roles_are_handled_without_owners_and_named_with_them(postgres, 
     report = drill(postgres, s3, bucket, backup)
     assert report.passed, report.differences
 
-    with pytest.raises(pgtools.RestoreToolError) as refused:
+    with pytest.raises(RestoreSetupError) as refused:
         drill(postgres, s3, bucket, backup, keep_owners_and_privileges=True)
     message = str(refused.value)
     assert f"roles that do not exist on 127.0.0.1:{postgres.port}: {reader}, {owner}" in message
@@ -396,7 +397,7 @@ def test_a_newer_dump_restores_into_an_older_server(postgres, older_postgres, s3
 
 @pytest.mark.slow
 def test_an_older_pg_restore_is_refused_with_the_binaries_to_use(postgres, older_postgres):
-    with pytest.raises(pgtools.RestoreToolError) as refused:
+    with pytest.raises(RestoreSetupError) as refused:
         pgtools.check_pg_restore_can_read(older_postgres.bin_dir, "18.6")
     assert f"is version {older_postgres.version} and cannot read it" in str(refused.value)
     assert "set HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL 18 or newer" in str(refused.value)

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.restores.errors import RestoreError
 from hotpot_orchestration.settings import Settings
 
 DRILL_ASSET = dg.AssetKey("restore_drill")
@@ -122,7 +123,7 @@ def restore_drill(
     drill_postgres: PostgresResource,
     backup_storage: BackupStorageResource,
 ):
-    from hotpot_orchestration.restores import pgtools, procedure
+    from hotpot_orchestration.restores import procedure
 
     client = backup_storage.client()
     try:
@@ -144,7 +145,7 @@ def restore_drill(
             kind="drill",
             log=context.log.info,
         )
-    except (procedure.NoBackup, pgtools.RestoreToolError) as error:
+    except RestoreError as error:
         raise _setup_failure(error) from None
     for warning in report.warnings:
         context.log.warning(warning)
@@ -194,7 +195,7 @@ def restore_database(
     postgres: PostgresResource,
     backup_storage: BackupStorageResource,
 ) -> dg.Output[None]:
-    from hotpot_orchestration.restores import guard, pgtools, procedure
+    from hotpot_orchestration.restores import guard, procedure
 
     server = postgres.target
     protected = server.dbname
@@ -248,7 +249,7 @@ def restore_database(
             avoid=(config.target_database,),
             log=context.log.info,
         )
-    except (guard.RestoreRefused, procedure.NoBackup, pgtools.RestoreToolError) as error:
+    except RestoreError as error:
         raise _setup_failure(error) from None
     metadata = _report_metadata(report, backup_storage.bucket)
     if not report.passed:

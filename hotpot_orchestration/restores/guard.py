@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.restores.errors import RestoreRefused
 from hotpot_orchestration.restores.scratch import (
     TEMPLATE_DATABASES,
     ScratchDatabase,
@@ -32,10 +33,6 @@ SELECT
   (SELECT count(*) FROM pg_largeobject_metadata)
 """
 _CONTENT_NAMES = ("relations", "functions", "schemas", "extensions", "large objects")
-
-
-class RestoreRefused(Exception):
-    """The job will not touch the target as configured; the message says what to pass to proceed."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotpot_orchestration.platform.pg import PgTarget, tool_major_version
+from hotpot_orchestration.restores.errors import RestoreSetupError
 
 # TOC entries that carry data, not schema: `pg_dump --schema-only` of the restored database has none of them.
 # Large objects are checked by count, sequence values and row counts against the manifest.
@@ -49,10 +50,6 @@ _ROLE_REFERENCES = tuple(
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "(?P<name>[^"]+)"')
 
 
-class RestoreToolError(RuntimeError):
-    """pg_restore or pg_dump cannot do what the restore needs; the message says what to change."""
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     # Linux only: pg_restore gets SIGKILL when the run's process dies, so a killed run leaves no restore
     # writing into a scratch database that the next run is about to drop.
@@ -77,7 +74,7 @@ def check_pg_restore_can_read(bin_dir: Path, pg_dump_version: str) -> int:
     restore_major = tool_major_version(bin_dir / "pg_restore")
     dump_major = major_of(pg_dump_version)
     if restore_major < dump_major:
-        raise RestoreToolError(
+        raise RestoreSetupError(
             f"the backup was written by pg_dump {pg_dump_version}, but {bin_dir / 'pg_restore'} is version "
             f"{restore_major} and cannot read it: set HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL "
             f"{dump_major} or newer"
@@ -101,7 +98,7 @@ def archive_schema(bin_dir: Path, archive: Path, *, with_privileges: bool) -> Co
     """Schema entries of a custom-format archive, from `pg_restore --list`."""
     result = _run([str(bin_dir / "pg_restore"), "--list", str(archive)])
     if result.returncode != 0:
-        raise RestoreToolError(f"pg_restore --list cannot read the dump: {result.stderr.strip()}")
+        raise RestoreSetupError(f"pg_restore --list cannot read the dump: {result.stderr.strip()}")
     exclude = DATA_ENTRIES if with_privileges else DATA_ENTRIES + PRIVILEGE_ENTRIES
     return _toc_entries(result.stdout, exclude=exclude)
 
@@ -109,7 +106,7 @@ def archive_schema(bin_dir: Path, archive: Path, *, with_privileges: bool) -> Co
 def database_schema(bin_dir: Path, target: PgTarget, *, with_privileges: bool) -> Counter:
     """Schema entries of a live database, as pg_dump reads them from its catalog: the same representation
     as `archive_schema`, so the two compare entry for entry."""
-    dump = [str(bin_dir / "pg_dump"), "--format=custom", "--schema-only", "--no-sync"]
+    dump = [str(bin_dir / "pg_dump"), "--format=custom", "--schema-only"]
     if not with_privileges:
         dump.append("--no-privileges")
     # pg_dump's stderr goes to a file: a pipe nobody reads while pg_restore drains stdout could fill up.
@@ -130,7 +127,7 @@ def database_schema(bin_dir: Path, target: PgTarget, *, with_privileges: bool) -
         dump_stderr.seek(0)
         dump_errors = dump_stderr.read().decode(errors="replace")
     if pg_dump.returncode != 0 or listing.returncode != 0:
-        raise RestoreToolError(
+        raise RestoreSetupError(
             f"cannot read the schema of {target.display}: "
             + target.redact((dump_errors + listing.stderr).strip())
         )
@@ -160,7 +157,7 @@ def referenced_roles(bin_dir: Path, archive: Path) -> set[str]:
     """Roles the archive's DDL needs to exist when restored with its owners and privileges."""
     result = _run([str(bin_dir / "pg_restore"), "--schema-only", "--file=-", str(archive)])
     if result.returncode != 0:
-        raise RestoreToolError(f"pg_restore cannot read the dump's schema: {result.stderr.strip()}")
+        raise RestoreSetupError(f"pg_restore cannot read the dump's schema: {result.stderr.strip()}")
     return roles_in_script(result.stdout)
 
 

@@ -19,13 +19,10 @@ from hotpot_orchestration.backups.catalog import Backup, latest_backup, list_bac
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.restores import pgtools, verify
 from hotpot_orchestration.restores.download import ChecksumMismatch, download_verified, work_dir
+from hotpot_orchestration.restores.errors import NoBackup, RestoreSetupError
 from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned, maintenance_target
 
 _log = logging.getLogger(__name__)
-
-
-class NoBackup(LookupError):
-    """No backup matches what was asked for; the message says what exists."""
 
 
 def default_jobs() -> int:
@@ -162,13 +159,13 @@ def restore_backup(
         if with_privileges:
             missing = pgtools.missing_roles(server, pgtools.referenced_roles(bin_dir, download.path))
             if missing:
-                raise pgtools.RestoreToolError(
+                raise RestoreSetupError(
                     f"the backup's objects are owned by or granted to roles that do not exist on "
                     f"{server.host}:{server.port}: {', '.join(missing)}. Create them first, or restore "
                     f"without keep_owners_and_privileges (objects are then owned by {server.user}, "
                     "without GRANTs)"
                 )
-        with ScratchDatabase(server, kind, avoid=avoid) as scratch:
+        with ScratchDatabase(server, kind, avoid=avoid, log=log) as scratch:
             report.scratch_database = scratch.name
             log(f"restoring {backup.dump_key} into {scratch.name} with pg_restore --jobs={options.jobs}")
             run = pgtools.run_pg_restore(

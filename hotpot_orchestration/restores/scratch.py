@@ -19,9 +19,11 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.restores.errors import RestoreSetupError
 
 _log = logging.getLogger(__name__)
 
@@ -53,8 +55,15 @@ def maintenance_target(server: PgTarget, avoid: tuple[str, ...] = ()) -> PgTarge
 class ScratchDatabase:
     """A scratch database that exists while its holder session is open; see the module docstring."""
 
-    def __init__(self, server: PgTarget, kind: str, avoid: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        server: PgTarget,
+        kind: str,
+        avoid: tuple[str, ...] = (),
+        log: Callable[[str], None] = _log.warning,
+    ):
         self.name = scratch_name(kind)
+        self.log = log
         self.target = server.with_dbname(self.name)
         self._maintenance = maintenance_target(server, avoid=(*avoid, self.name))
         self._holder = None
@@ -62,24 +71,31 @@ class ScratchDatabase:
 
     def __enter__(self) -> ScratchDatabase:
         self._holder = self._maintenance.connect()
-        # The holder announces itself before the database exists, so a concurrent cleanup never sees the
-        # database without its live owner.
-        self._holder.execute("SELECT set_config('application_name', %s, false)", [HOLDER_PREFIX + self.name])
         try:
+            # The holder announces itself before the database exists, so a concurrent cleanup never sees the
+            # database without its live owner.
             self._holder.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(self.name))
+                "SELECT set_config('application_name', %s, false)", [HOLDER_PREFIX + self.name]
             )
-            created = datetime.now(UTC).isoformat(timespec="seconds")
-            self._holder.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(self.name),
-                    sql.Literal(f"{SCRATCH_MARKER}: created {created}, dropped when its run ends"),
-                )
-            )
+            self._create()
         except BaseException:
-            self._close()
+            self.__exit__()  # a database created without its marker would never be cleaned up
             raise
         return self
+
+    def _create(self) -> None:
+        name = sql.Identifier(self.name)
+        try:
+            self._holder.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(name))
+        except pg_errors.InsufficientPrivilege:
+            server = self._maintenance
+            raise RestoreSetupError(
+                f"role {server.user} may not create databases on {server.host}:{server.port}: grant it "
+                "CREATEDB, or restore with a role or on a server that may"
+            ) from None
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        marker = f"{SCRATCH_MARKER}: created {created}, dropped when its run ends"
+        self._holder.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(marker)))
 
     def __exit__(self, *exc_info: object) -> None:
         try:
@@ -88,6 +104,9 @@ class ScratchDatabase:
                 self._holder.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name))
                 )
+        except Exception as error:
+            # The restore's own outcome stands; the next run finds the database abandoned and drops it.
+            self.log(f"could not drop scratch database {self.name} ({error}); the next restore run will")
         finally:
             self._close()
 

@@ -1,0 +1,18 @@
+"""Why a restore could not be carried out. Each message says what to change; none of them is a finding
+about the backup itself (those are differences in the restore's report)."""
+
+
+class RestoreError(Exception):
+    """A restore cannot proceed as configured."""
+
+
+class NoBackup(RestoreError, LookupError):
+    """No backup matches what was asked for; the message says what exists."""
+
+
+class RestoreRefused(RestoreError):
+    """restore_database_job will not touch the target as configured; the message says what to pass."""
+
+
+class RestoreSetupError(RestoreError):
+    """The binaries, roles or privileges on the restore server do not allow the restore."""
