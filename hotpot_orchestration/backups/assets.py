@@ -34,7 +34,7 @@ def failure(context: dg.OpExecutionContext, message: str, *, transient: bool = F
     run: a refused password or a refused partition fails the same way every time."""
     if not transient:
         # Dagster reads this run tag when the run fails (dagster.yaml enables run retries).
-        context.instance.add_run_tags(context.run_id, {"dagster/retry_on_asset_or_op_failure": "false"})
+        context.instance.add_run_tags(context.run.run_id, {"dagster/retry_on_asset_or_op_failure": "false"})
     return dg.Failure(description=message, allow_retries=transient)
 
 

@@ -1,0 +1,252 @@
+"""postgres_backup, its checks, backup_retention and the nightly job, run through Dagster against real
+PostgreSQL and S3 (moto's server), configured from the environment as in production."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+from test_backup_storage import FOREIGN_KEYS, put_foreign_keys, store_backup
+
+from hotpot_orchestration.backups import build_defs
+from hotpot_orchestration.backups.assets import backup_partitions
+from hotpot_orchestration.backups.catalog import list_backups, read_manifest
+from hotpot_orchestration.backups.checks import FRESH, VALID
+from hotpot_orchestration.definitions import build_resources
+from hotpot_orchestration.devstack import S3Server
+from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+PREFIX = "database/"
+NO_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
+
+
+@pytest.fixture
+def bucket(s3):
+    name = f"backups-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    return name
+
+
+def environment(monkeypatch, postgres, s3, bucket, dbname, **extra):
+    """The variables a deployment sets; resources read the secrets from here through EnvVar."""
+    env = {
+        "HOTPOT_DATABASE_URL": postgres.url_for(dbname),
+        "HOTPOT_PG_BIN_DIR": str(postgres.bin_dir),
+        "HOTPOT_BACKUP_BUCKET": bucket,
+        "HOTPOT_BACKUP_PREFIX": PREFIX,
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_REGION": s3.region,
+        **extra,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def code_location(**overrides) -> dg.Definitions:
+    """The backups concern with the code location's own resources (a few S3 attempts, to fail fast)."""
+    settings = load_settings()
+    resources = build_resources(settings)
+    storage = resources["backup_storage"]
+    resources["backup_storage"] = BackupStorageResource(
+        bucket=storage.bucket,
+        prefix=storage.prefix,
+        endpoint_url=storage.endpoint_url,
+        region=storage.region,
+        max_attempts=overrides.get("max_attempts", storage.max_attempts),
+    )
+    return dg.Definitions.merge(build_defs(settings), dg.Definitions(resources=resources))
+
+
+def latest_partition() -> str:
+    return backup_partitions(load_settings()).get_last_partition_key()
+
+
+def run_nightly(partition: str | None = None, **overrides):
+    defs = code_location(**overrides)
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.resolve_job_def("nightly_backup_job").execute_in_process(
+        partition_key=partition or latest_partition(), instance=instance, raise_on_error=False
+    )
+    return result, instance
+
+
+def run_selection(selection: dg.AssetSelection):
+    """Run part of the concern (as the UI does when one asset or check is launched alone)."""
+    job = dg.define_asset_job("selected", selection=selection)
+    defs = dg.Definitions.merge(code_location(), dg.Definitions(jobs=[job]))
+    return defs.resolve_job_def("selected").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+
+
+def failure_message(result) -> str:
+    [failure] = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
+    return failure.step_failure_data.error.message
+
+
+def everything_recorded(result, instance) -> str:
+    """Every event of the run (messages, metadata, errors) as stored by the instance."""
+    return "\n".join(dg.serialize_value(entry) for entry in instance.all_logs(result.run_id))
+
+
+def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, bucket, sample_database):
+    environment(monkeypatch, postgres, s3, bucket, sample_database)
+    result, instance = run_nightly()
+    assert result.success
+
+    [materialization] = [
+        m
+        for m in result.asset_materializations_for_node("postgres_backup")
+        if m.partition == latest_partition()
+    ]
+    meta = {key: value.value for key, value in materialization.metadata.items()}
+    client = s3.client()
+    manifest = read_manifest(client, bucket, meta["manifest_key"])
+    head = client.head_object(Bucket=bucket, Key=meta["dump_key"])
+    assert meta["s3_uri"] == f"s3://{bucket}/{manifest['dump_key']}"
+    assert meta["sha256"] == manifest["sha256"] == head["Metadata"]["sha256"]
+    assert meta["dump_bytes"] == manifest["dump_bytes"] == head["ContentLength"]
+    assert meta["tables"] == len(manifest["tables"]) > 0
+    assert meta["rows"] == sum(table["rows"] for table in manifest["tables"]) > 0
+    with postgres.connect(sample_database) as conn:
+        assert (
+            conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            == meta["database_bytes"]
+        )
+        assert conn.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == next(
+            t["rows"] for t in manifest["tables"] if (t["schema"], t["name"]) == ("sales", "orders")
+        )
+    assert meta["compression_ratio"] == pytest.approx(meta["database_bytes"] / meta["dump_bytes"], rel=1e-3)
+    assert meta["duration_seconds"] > 0
+    assert meta["mb_per_second"] == pytest.approx(
+        meta["dump_bytes"] / 1e6 / meta["duration_seconds"], rel=1e-2
+    )
+    assert manifest["partition"] == materialization.partition
+    assert manifest["dump_key"].startswith(
+        f"{PREFIX}{sample_database}/{latest_partition()}/{sample_database}-"
+    )
+
+    checks = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    assert checks[VALID].passed and checks[FRESH].passed
+    assert manifest["verification"]["ok"] is True  # written by the check, after the materialization
+    assert "as in the manifest" in manifest["verification"]["detail"]
+    [retention] = result.asset_materializations_for_node("backup_retention")
+    assert retention.metadata["deleted"].value == 0 and retention.metadata["kept_verified"].value == 1
+    assert "uploaded" in everything_recorded(result, instance)  # progress in the run log
+
+
+def test_a_long_past_partition_is_refused(monkeypatch, postgres, s3, bucket, sample_database):
+    environment(monkeypatch, postgres, s3, bucket, sample_database)
+    old = (datetime.now(UTC) - timedelta(days=10)).date().isoformat()
+    result, instance = run_nightly(old)
+    assert not result.success
+    message = failure_message(result)
+    assert f"Refusing to back up partition {old}" in message and "latest partition" in message
+    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert instance.get_run_by_id(result.run_id).tags[NO_RETRY_TAG] == "false"
+
+
+def test_a_wrong_password_is_named_and_never_recorded(
+    monkeypatch, postgres, s3, bucket, sample_database, capfd
+):
+    wrong = f"Wr0ng-{uuid.uuid4().hex}"
+    environment(
+        monkeypatch,
+        postgres,
+        s3,
+        bucket,
+        sample_database,
+        HOTPOT_DATABASE_URL=postgres.url_for(sample_database).replace(f":{postgres.password}@", f":{wrong}@"),
+    )
+    result, instance = run_nightly()
+    assert not result.success
+    assert "HOTPOT_DATABASE_URL's password was refused" in failure_message(result)
+    # Not retried: neither inside the step, nor by the instance's run retries.
+    assert instance.get_run_by_id(result.run_id).tags[NO_RETRY_TAG] == "false"
+    captured = capfd.readouterr()
+    for text in (everything_recorded(result, instance), captured.out, captured.err):
+        assert wrong not in text
+    assert list_backups(s3.client(), bucket, PREFIX) == []
+
+
+def test_s3_down_fails_the_run_saying_so(monkeypatch, postgres, fresh_s3, sample_database):
+    fresh_s3.create_bucket("backups-down")
+    environment(monkeypatch, postgres, fresh_s3, "backups-down", sample_database)
+    fresh_s3.stop()
+    result, _ = run_nightly(max_attempts=2)
+    assert not result.success
+    message = failure_message(result)
+    assert "S3 at http://127.0.0.1:" in message and "is unreachable" in message
+
+
+def test_refused_aws_keys_are_named(monkeypatch, postgres, sample_database):
+    # moto checks credentials against its (empty) IAM store when told to.
+    monkeypatch.setenv("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+    with S3Server() as strict_s3:
+        environment(monkeypatch, postgres, strict_s3, "backups-strict", sample_database)
+        result, _ = run_nightly(max_attempts=2)
+    assert not result.success
+    message = failure_message(result)
+    assert f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY refused by S3 at {strict_s3.endpoint_url}" in message
+    assert strict_s3.secret_key not in message
+
+
+def test_retention_on_40_nights_with_the_newest_10_failed(monkeypatch, postgres, s3, bucket):
+    environment(
+        monkeypatch,
+        postgres,
+        s3,
+        bucket,
+        "hotpot",
+        HOTPOT_BACKUP_RETENTION_DAYS="5",
+        HOTPOT_BACKUP_MIN_KEEP="7",
+    )
+    client = s3.client()
+    put_foreign_keys(client, bucket)
+    now = datetime.now(UTC).replace(microsecond=0)
+    for age in range(40):
+        store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(days=age, hours=1), ok=age >= 10)
+    other_database = store_backup(client, bucket, PREFIX, "analytics", now - timedelta(days=90), ok=True)
+
+    result = run_selection(dg.AssetSelection.assets("backup_retention"))
+    assert result.success
+    remaining = list_backups(client, bucket, PREFIX, "hotpot")
+    verified = [backup for backup in remaining if backup.verified]
+    assert len(verified) == 7  # the guard: every verified backup is past the 5-day window
+    assert len(remaining) == 7 + 5  # and the failed ones still inside the window
+    meta = result.asset_materializations_for_node("backup_retention")[0].metadata
+    assert meta["deleted"].value == 40 - 12 and meta["kept_past_window"].value == 7
+    assert len(meta["deleted_keys"].value) == 28
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert set(FOREIGN_KEYS) <= keys
+    assert set(other_database) <= keys
+
+
+def test_freshness_check_fails_when_the_latest_verified_backup_is_older_than_26_hours(
+    monkeypatch, postgres, s3, bucket
+):
+    environment(monkeypatch, postgres, s3, bucket, "hotpot")
+    client = s3.client()
+    now = datetime.now(UTC)
+    store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(hours=27), ok=True)
+    store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=False)
+    result = run_selection(dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("postgres_backup"), FRESH)))
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.check_name == FRESH and not evaluation.passed
+    assert "27.0 h old" in evaluation.description
+
+
+def test_schedule_runs_at_two_for_the_day_that_ended(monkeypatch):
+    monkeypatch.setenv("HOTPOT_TIMEZONE", "Asia/Shanghai")
+    schedule = code_location().resolve_schedule_def("nightly_backup_schedule")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "Asia/Shanghai"
+    tick = datetime(2026, 3, 1, 2, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+    [request] = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick)).run_requests
+    assert request.partition_key == "2026-02-28"
+    assert request.job_name == "nightly_backup_job"
