@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -271,53 +270,61 @@ def _restoring_into(postgres) -> list[tuple[str, int]]:
         ).fetchall()
 
 
-@pytest.mark.slow
-def test_a_drill_killed_mid_restore_leaves_a_scratch_database_the_next_drill_removes(postgres, s3, bucket):
-    dbname = f"big_{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="module")
+def big_backup(postgres, s3):
+    """A verified backup large enough that pg_restore runs for a second or more, and a drill's arguments."""
+    dbname, bucket = f"big_{uuid.uuid4().hex[:8]}", f"drills-big-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(bucket)
     postgres.create_database(dbname)
-    try:
-        with postgres.connect(dbname) as conn:
-            # Big enough that pg_restore runs for a few seconds.
-            conn.execute(
-                "CREATE TABLE tickets AS SELECT g AS id, md5(g::text) AS note"
-                " FROM generate_series(1, 500000) g;"
-                "ALTER TABLE tickets ADD PRIMARY KEY (id); CREATE INDEX ON tickets (note);"
-            )
-        backup = take_verified_backup(postgres, s3, bucket, dbname)
-        args = {
-            "endpoint": s3.endpoint_url,
-            "bucket": bucket,
-            "database": dbname,
-            "server": postgres.url,
-            "bin_dir": str(postgres.bin_dir),
-        }
-        victim = subprocess.Popen(
-            [sys.executable, "-c", KILLABLE_DRILL, json.dumps(args)], env=os.environ.copy()
+    with postgres.connect(dbname) as conn:
+        conn.execute(
+            "CREATE TABLE tickets AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 500000) g;"
+            "ALTER TABLE tickets ADD PRIMARY KEY (id); CREATE INDEX ON tickets (note);"
         )
-        try:
-            deadline = time.monotonic() + 60
-            while not _restoring_into(postgres):
-                assert victim.poll() is None, "the drill ended before it could be killed mid-restore"
-                assert time.monotonic() < deadline, "pg_restore never started"
-                time.sleep(0.02)
-            victim.send_signal(signal.SIGKILL)
-            victim.wait(10)
-        finally:
-            if victim.poll() is None:
-                victim.kill()
-        (leftover,) = scratch_databases(postgres)
-        # pg_restore died with the drill instead of writing on into the leftover.
-        deadline = time.monotonic() + 10
-        while _restoring_into(postgres):
-            assert time.monotonic() < deadline, "pg_restore outlived the drill that started it"
-            time.sleep(0.1)
+    backup = take_verified_backup(postgres, s3, bucket, dbname)
+    args = {"endpoint": s3.endpoint_url, "bucket": bucket, "database": dbname, "server": postgres.url}
+    yield backup, {**args, "bin_dir": str(postgres.bin_dir)}
+    postgres.drop_database(dbname)
 
-        report = drill(postgres, s3, bucket, backup)
-        assert report.cleaned_up == [leftover]
-        assert report.passed, report.differences
-        assert scratch_databases(postgres) == []
+
+def signal_drill_mid_restore(postgres, args: dict, signum: int) -> None:
+    drill_process = subprocess.Popen([sys.executable, "-c", KILLABLE_DRILL, json.dumps(args)])
+    try:
+        deadline = time.monotonic() + 60
+        while not _restoring_into(postgres):
+            assert drill_process.poll() is None, "the drill ended before pg_restore was seen running"
+            assert time.monotonic() < deadline, "pg_restore never started"
+            time.sleep(0.02)
+        drill_process.send_signal(signum)
+        drill_process.wait(30)
     finally:
-        postgres.drop_database(dbname)
+        if drill_process.poll() is None:
+            drill_process.kill()
+    # pg_restore ends with the drill instead of writing on into its scratch database.
+    deadline = time.monotonic() + 10
+    while _restoring_into(postgres):
+        assert time.monotonic() < deadline, "pg_restore outlived the drill that started it"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_drill_killed_mid_restore_leaves_a_scratch_database_the_next_drill_removes(
+    postgres, s3, big_backup
+):
+    backup, args = big_backup
+    signal_drill_mid_restore(postgres, args, signal.SIGKILL)
+    (leftover,) = scratch_databases(postgres)
+    report = drill(postgres, s3, args["bucket"], backup)
+    assert report.cleaned_up == [leftover]
+    assert report.passed, report.differences
+    assert scratch_databases(postgres) == []
+
+
+@pytest.mark.slow
+def test_a_drill_interrupted_mid_restore_drops_its_own_scratch_database(postgres, big_backup):
+    """What a terminated Dagster run does: the interrupt unwinds the drill, which drops what it created."""
+    signal_drill_mid_restore(postgres, big_backup[1], signal.SIGINT)
+    assert scratch_databases(postgres) == []
 
 
 def test_a_live_drills_scratch_database_is_never_cleaned_up(postgres):
@@ -393,6 +400,33 @@ def test_a_newer_dump_restores_into_an_older_server(postgres, older_postgres, s3
         for w in report.warnings
     )
     assert any("set transaction_timeout, which the PostgreSQL" in w for w in report.warnings)
+
+
+@pytest.mark.slow
+def test_every_difference_is_listed_when_the_server_lacks_an_extension(
+    postgres, older_postgres, s3, bucket, source
+):
+    with postgres.connect(source) as conn:
+        conn.execute(
+            "CREATE EXTENSION vector; CREATE TABLE menu.dish_embeddings (id int PRIMARY KEY, v vector(3))"
+        )
+        conn.execute("INSERT INTO menu.dish_embeddings VALUES (1, '[1,2,3]'), (2, '[4,5,6]')")
+    with older_postgres.connect() as conn:
+        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if available:
+        pytest.skip(f"PostgreSQL {older_postgres.version} here has the vector extension")
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    report = drill(postgres, s3, bucket, backup, server=PgTarget.from_url(older_postgres.url))
+    assert not report.passed
+    listed = "\n".join(report.differences)
+    assert 'pg_restore error: could not execute query: ERROR:  extension "vector" is not available' in listed
+    assert "table menu.dish_embeddings: missing from the restored database" in listed
+    assert "extension vector: missing from the restored database" in listed
+    assert "schema: EXTENSION - vector is in the backup but not in the restored database" in listed
+    assert "schema: TABLE menu dish_embeddings is in the backup but not in the restored database" in listed
+    # Everything else came back and was checked.
+    assert report.tables == len(backup.manifest["tables"]) - 1
+    assert scratch_databases(older_postgres) == []
 
 
 @pytest.mark.slow
