@@ -19,21 +19,21 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
-from hotpot_orchestration.platform.resources import BackupStorageResource
-from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
-from hotpot_orchestration.release.rollout import build_rollout_defs
-from hotpot_orchestration.release.rollout.localstack import SELECTOR, ReleaseStack, Traffic
-from hotpot_orchestration.release.rollout.plan import parse_plan
-from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.localstack import (
+    SELECTOR,
+    ReleaseStack,
+    Traffic,
+    release_definitions,
+    release_spec,
+)
+from hotpot_orchestration.release.rollout.resources import TrafficRouterResource
 from hotpot_orchestration.release.rollout.routers import RouteState
 from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 
@@ -63,26 +63,10 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "devstack-access-key", "AWS_SECRET_ACCESS_KEY": 
 pytestmark = pytest.mark.slow
 
 
-def definitions(spec: dict) -> dg.Definitions:
-    """The rollout definitions for `spec` (plan text, resource configs), as the code location builds them."""
-    return dg.Definitions.merge(
-        build_rollout_defs(parse_plan(spec["plan"])),
-        dg.Definitions(
-            resources={
-                "traffic_router": TrafficRouterResource(**spec["router"]),
-                "canary_prometheus": CanaryPrometheusResource(url=spec["prometheus_url"]),
-                "release_image": ReleaseImageResource(**spec["image"]),
-                "registry": RegistryResource(registry=spec["image"]["registry"]),
-                "backup_storage": BackupStorageResource(**spec["backup_storage"]),
-            }
-        ),
-    )
-
-
 def execute(
     spec: dict, instance: dg.DagsterInstance, job_name: str = "canary_release_job", plan: str | None = None
 ):
-    job = definitions({**spec, "plan": plan or spec["plan"]}).resolve_job_def(job_name)
+    job = release_definitions({**spec, "plan": plan or spec["plan"]}).resolve_job_def(job_name)
     return job.execute_in_process(instance=instance, raise_on_error=False)
 
 
@@ -95,41 +79,7 @@ def stack():
 @pytest.fixture(scope="module")
 def spec(stack, registry, s3):
     os.environ.update(AWS_ENV)  # boto3's own chain, as in production
-    repository = f"thehotpotspot/api-{uuid.uuid4().hex[:6]}"
-    digest = registry.push_test_image(repository, "v2")
-    bucket = f"release-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - timedelta(hours=3))
-    return {
-        "plan": PLAN,
-        "router": stack.router_resource().model_dump(),
-        "prometheus_url": stack.prometheus.url,
-        "image": {"tag": "v2", "digest": digest, "repository": repository, "registry": registry.host},
-        "backup_storage": {"bucket": bucket, "prefix": "database/", "endpoint_url": s3.endpoint_url},
-    }
-
-
-def write_verified_backup(client, bucket: str, prefix: str, created_at: datetime) -> None:
-    dump_key, manifest_key = backup_keys(prefix, "hotpot", created_at.date().isoformat(), created_at)
-    manifest = new_manifest(
-        database="hotpot",
-        partition=created_at.date().isoformat(),
-        created_at=created_at,
-        dump_key=dump_key,
-        dump_bytes=1,
-        sha256="0" * 64,
-        compression="zstd",
-        server_version="18.0",
-        server_version_num=180000,
-        pg_dump_version="18.0",
-        snapshot="",
-        tables=[],
-        sequences=[],
-        extensions=[],
-        large_objects=0,
-    )
-    manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": True, "detail": "restored"}
-    write_manifest(client, bucket, manifest_key, manifest, {})
+    return release_spec(stack, registry, s3, PLAN)
 
 
 @pytest.fixture
@@ -251,13 +201,9 @@ def test_a_canary_without_traffic_is_never_promoted(stack, spec, instance):
     assert stack.router().state().canary_weight == 0
 
 
-def test_gates_block_a_release_and_name_the_failed_gate(stack, spec, instance, s3):
-    bucket = f"stale-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(bucket)
-    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - timedelta(hours=30))
-    missing = "sha256:" + "f" * 64
-    bad = {**spec, "backup_storage": {**spec["backup_storage"], "bucket": bucket}}
-    bad["image"] = {**spec["image"], "digest": missing}
+def test_gates_block_a_release_and_name_the_failed_gate(stack, instance, registry, s3):
+    stale = release_spec(stack, registry, s3, PLAN, backup_age=timedelta(hours=30))
+    bad = {**stale, "image": {**stale["image"], "digest": "sha256:" + "f" * 64}}
     result = execute(bad, instance)
     assert not result.success
     message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message

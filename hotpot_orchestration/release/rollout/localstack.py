@@ -1,5 +1,6 @@
 """A release target on loopback: two colours of a stand-in API behind the devstack's nginx, scraped by its
-Prometheus, and bounded synthetic traffic. Used by the end-to-end tests and bench/canary_detection.py.
+Prometheus, and bounded synthetic traffic; and what the safety gates need (an image in the devstack registry,
+a verified backup in its S3). Used by the end-to-end tests and bench/canary_detection.py.
 
 The colours are small Python HTTP servers rather than the sample app's binary because a test needs to turn
 faults on and off while a release runs (the sample app reads its faults from the environment at start) and
@@ -15,14 +16,23 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import dagster as dg
+
+from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
 from hotpot_orchestration.devstack import Nginx, Prometheus
-from hotpot_orchestration.release.rollout.resources import TrafficRouterResource
+from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.rollout import build_rollout_defs
+from hotpot_orchestration.release.rollout.plan import parse_plan
+from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
 from hotpot_orchestration.release.rollout.routers import RouteState
 from hotpot_orchestration.release.rollout.routers.nginx import NginxRouter
 
@@ -266,3 +276,64 @@ class ReleaseStack:
             yield traffic
         finally:
             traffic.stop()
+
+
+def write_verified_backup(client, bucket: str, prefix: str, created_at: datetime) -> None:
+    """A backup manifest as the nightly job leaves it once verified (the dump itself is not needed)."""
+    partition = created_at.date().isoformat()
+    dump_key, manifest_key = backup_keys(prefix, "hotpot", partition, created_at)
+    manifest = new_manifest(
+        database="hotpot",
+        partition=partition,
+        created_at=created_at,
+        dump_key=dump_key,
+        dump_bytes=1,
+        sha256="0" * 64,
+        compression="zstd",
+        server_version="18.0",
+        server_version_num=180000,
+        pg_dump_version="18.0",
+        snapshot="",
+        tables=[],
+        sequences=[],
+        extensions=[],
+        large_objects=0,
+    )
+    manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": True, "detail": "restored"}
+    write_manifest(client, bucket, manifest_key, manifest, {})
+
+
+def release_spec(
+    stack: ReleaseStack, registry, s3, plan: str, backup_age: timedelta = timedelta(hours=3)
+) -> dict:
+    """Everything a release run needs, as plain data (it crosses into a separate process in one test):
+    an image pushed to the devstack `registry`, a verified backup `backup_age` old in the devstack `s3`."""
+    suffix = uuid.uuid4().hex[:8]
+    repository = f"thehotpotspot/api-{suffix}"
+    digest = registry.push_test_image(repository, "v2")
+    bucket = f"release-{suffix}"
+    s3.create_bucket(bucket)
+    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - backup_age)
+    return {
+        "plan": plan,
+        "router": stack.router_resource().model_dump(),
+        "prometheus_url": stack.prometheus.url,
+        "image": {"tag": "v2", "digest": digest, "repository": repository, "registry": registry.host},
+        "backup_storage": {"bucket": bucket, "prefix": "database/", "endpoint_url": s3.endpoint_url},
+    }
+
+
+def release_definitions(spec: dict) -> dg.Definitions:
+    """The rollout definitions for `spec`, with the resources the code location would give them."""
+    return dg.Definitions.merge(
+        build_rollout_defs(parse_plan(spec["plan"])),
+        dg.Definitions(
+            resources={
+                "traffic_router": TrafficRouterResource(**spec["router"]),
+                "canary_prometheus": CanaryPrometheusResource(url=spec["prometheus_url"]),
+                "release_image": ReleaseImageResource(**spec["image"]),
+                "registry": RegistryResource(registry=spec["image"]["registry"]),
+                "backup_storage": BackupStorageResource(**spec["backup_storage"]),
+            }
+        ),
+    )
