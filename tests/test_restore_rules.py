@@ -1,6 +1,8 @@
 """Restore rules that need no services: refusals, pg_restore's messages judged, TOC entries, scratch names."""
 
+import time
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
@@ -178,3 +180,37 @@ def test_drill_schedule_follows_its_setting_and_the_time_zone():
         SettingsError, match="HOTPOT_RESTORE_DRILL_CRON='daily' is not valid: expected a five-field"
     ):
         load_settings({"HOTPOT_RESTORE_DRILL_CRON": "daily"})
+
+
+def test_restore_drill_recent_fails_without_a_passing_drill_in_eight_days(monkeypatch):
+    import dagster as dg
+
+    from hotpot_orchestration import restores
+    from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+
+    instance = dg.DagsterInstance.ephemeral()
+    unused = PostgresResource(url="postgresql://nobody@127.0.0.1:9/none")
+    resources = {
+        "postgres": unused,
+        "drill_postgres": unused,
+        "backup_storage": BackupStorageResource(bucket="none"),
+    }
+
+    def evaluate() -> dg.AssetCheckEvaluation:
+        result = dg.materialize(
+            [restores.restore_drill, restores.restore_drill_recent],
+            selection=dg.AssetSelection.checks(dg.AssetCheckKey(restores.DRILL_ASSET, restores.DRILL_RECENT)),
+            instance=instance,
+            resources=resources,
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    never = evaluate()
+    assert not never.passed and never.metadata["last_passing_drill"].value == "never"
+    instance.report_runless_asset_event(dg.AssetMaterialization(restores.DRILL_ASSET))
+    assert evaluate().passed
+    now = time.time()
+    monkeypatch.setattr(restores, "time", SimpleNamespace(time=lambda: now + 8.5 * 86400))
+    stale = evaluate()
+    assert not stale.passed and stale.metadata["age_days"].value == pytest.approx(8.5, abs=0.01)

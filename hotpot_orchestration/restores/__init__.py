@@ -28,6 +28,9 @@ class RestoreDrillConfig(dg.Config):
         default=None,
         description="YYYY-MM-DD partition of postgres_backup to drill; newest verified when unset",
     )
+    backup_key: str | None = Field(
+        default=None, description="S3 key of one backup's dump (or manifest) to drill, verified or not"
+    )
     jobs: int | None = Field(
         default=None,
         description="parallel pg_restore jobs and row-counting sessions; one per CPU (2-8) if unset",
@@ -43,7 +46,11 @@ class RestoreDatabaseConfig(dg.Config):
     replace: bool = Field(
         default=False, description="drop a non-empty target and put the backup in its place"
     )
-    confirm: str = Field(default="", description="the target database's name again, to replace it")
+    confirm: str = Field(
+        default="",
+        description="the target database's name again: to replace a non-empty target, and for "
+        "HOTPOT_DATABASE_URL's database in any case",
+    )
     keep_owners_and_privileges: bool = Field(
         default=False,
         description="restore the backup's owners and GRANTs (the roles must exist); off: objects are owned "
@@ -131,8 +138,9 @@ def restore_drill(
             client,
             backup_storage.bucket,
             backup_storage.prefix,
-            database=postgres.target.dbname,
+            database=None if config.backup_key else postgres.target.dbname,
             partition=config.partition,
+            key=config.backup_key,
         )
         context.log.info(f"drilling {backup.dump_key} (created {backup.created_at.isoformat()})")
         report = procedure.restore_backup(

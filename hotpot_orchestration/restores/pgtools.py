@@ -50,11 +50,16 @@ _ROLE_REFERENCES = tuple(
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "(?P<name>[^"]+)"')
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux only: pg_restore gets SIGKILL when the run's process dies, so a killed run leaves no restore
-    # writing into a scratch database that the next run is about to drop.
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+# Linux: children get SIGKILL when the run's process dies, so a killed run leaves no pg_restore writing into
+# a scratch database that the next run is about to drop. Resolved here, not in the child: between fork and
+# exec the child may only do the bare minimum (another thread could hold the dynamic loader's lock).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _run(argv: list[str], stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
@@ -173,7 +178,6 @@ class RestoreRun:
     seconds: float
     errors: list[str] = field(default_factory=list)  # each one fails the restore
     tolerated: list[str] = field(default_factory=list)  # harmless, reported as warnings
-    ignored_count: int = 0
 
 
 def _error_blocks(stderr: str) -> list[str]:
@@ -253,4 +257,4 @@ def run_pg_restore(
         errors.append(f"pg_restore exited with code {result.returncode}: {stderr.strip() or '(no output)'}")
     if ignored and not errors and not tolerated:
         errors.append(f"pg_restore reported {ignored} errors ignored on restore")
-    return RestoreRun(result.returncode, seconds, errors, tolerated, ignored)
+    return RestoreRun(result.returncode, seconds, errors, tolerated)
