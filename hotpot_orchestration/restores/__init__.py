@@ -119,9 +119,10 @@ def _setup_failure(error: Exception) -> dg.Failure:
             "table with its exact row count, the archive's schema, sequences, extensions and large objects.",
         )
     ],
-    description="Restores the newest verified backup (or a chosen partition's) into a scratch database on "
-    "HOTPOT_DRILL_DATABASE_URL's server, verifies it against the backup's manifest and drops it. A "
-    "materialization is a passing drill; a failing drill fails its run and lists every difference.",
+    description="Restores the newest verified backup (or a chosen partition's, or one backup_key) into a "
+    "scratch database on HOTPOT_DRILL_DATABASE_URL's server, verifies it against the backup's manifest and "
+    "drops it. A materialization is a passing drill; a failing drill fails its run and lists every "
+    "difference.",
 )
 def restore_drill(
     context: dg.AssetExecutionContext,

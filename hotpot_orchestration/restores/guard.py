@@ -96,7 +96,10 @@ def refusal(request: RestoreRequest, state: TargetState, *, protected_database: 
     name = request.target_database
     again = f"confirm: {name!r}"
     if name in TEMPLATE_DATABASES or is_scratch_name(name):
-        return f"{name!r} is a template or scratch database, not a restore target: pass other target_database"
+        return (
+            f"{name!r} is a template or scratch database, not a restore target: pass another name as "
+            "target_database"
+        )
     if name == protected_database and request.confirm != name:
         needs = f"replace: true and {again}" if state.exists and not state.empty else again
         return (

@@ -33,10 +33,9 @@ HOLDER_PREFIX = "hotpot-scratch:"
 TEMPLATE_DATABASES = ("template0", "template1")
 
 
-def scratch_name(kind: str, now: datetime | None = None) -> str:
+def scratch_name(kind: str) -> str:
     """`hotpot_drill_20260105_040000_9f3a1c2b`: lowercase so it never needs quoting in psql by hand."""
-    now = now or datetime.now(UTC)
-    return f"{PREFIXES[kind]}{now:%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
+    return f"{PREFIXES[kind]}{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(4)}"
 
 
 def is_scratch_name(name: str) -> bool:
@@ -121,9 +120,9 @@ class ScratchDatabase:
             sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(self.name), name)
         )
         self.kept_as = new_name
+        self._holder.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(comment)))
         if owner:
             self._holder.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(owner)))
-        self._holder.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(comment)))
 
     def _close(self) -> None:
         if self._holder is not None:
