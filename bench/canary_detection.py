@@ -5,7 +5,8 @@ stack of the end-to-end tests: two colours behind Debian's nginx, Prometheus scr
 synthetic traffic. The canary starts healthy at 20 %; once two measurements have passed, a fault is switched
 on at a random point of the analysis interval. Printed per trial and as worst cases, in seconds and in
 analysis intervals:
-- fault -> verdict: from switching the fault on to the failing measurement;
+- fault -> verdict: from switching the fault on to the failing measurement (checks run every second
+  between measurements, the Prometheus scrape interval);
 - verdict -> stable 100 % (router): until nginx's new workers route everything to stable;
 - verdict -> stable 100 % (traffic): until the first request after which no request reached the canary.
 Targets: verdict within one interval, stable restored within 2 s of the verdict.
@@ -40,6 +41,7 @@ def plan(interval: float) -> str:
     return f"""
 analysis:
   interval: {interval}s
+  watch_every: 1s
   min_requests: 15
   max_inconclusive: 2
   selector: '{SELECTOR}'

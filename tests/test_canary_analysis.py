@@ -250,3 +250,54 @@ def test_blue_green_after_switch_compares_with_the_baseline():
     )
     assert result.outcome == "fail"
     assert not any("api-blue" in query for query in prometheus.queries)
+
+
+WATCHED = parse_plan(
+    """
+analysis:
+  interval: 10s
+  watch_every: 2s
+  min_requests: 50
+  max_inconclusive: 2
+  selector: 'job="api-{color}"'
+  metrics:
+    error_ratio: {threshold: 0.1, max_increase_over_stable: 0.02}
+approval_timeout: 60s
+health_timeout: 5s
+steps:
+  - {weight: 20, pause: 30s}
+blue_green: {analysis: 30s, scale_down_delay: 1s}
+"""
+).analysis
+
+
+def test_watching_between_measurements_acts_on_a_failure_before_the_next_interval():
+    prometheus = ScriptedPrometheus()
+    clock = FakeClock()
+
+    def sleep(seconds):
+        clock.sleep(seconds)
+        if clock.now >= 13:  # a fault shows 3 s after the first measurement
+            prometheus.values["green_error_ratio"] = 0.3
+
+    result = analyse(
+        prometheus, WATCHED, canary="green", stable="blue", duration=30, clock=clock, sleep=sleep
+    )
+    assert result.outcome == "fail"
+    assert 13 <= clock.now <= 14  # caught by the next watch, not at the measurement due at 20 s
+    assert [round(m.at) for m in result.measurements] == [10, 14]
+
+
+def test_watches_never_pass_a_step_early():
+    clock = FakeClock()
+    result = analyse(
+        ScriptedPrometheus(),
+        WATCHED,
+        canary="green",
+        stable="blue",
+        duration=30,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert result.outcome == "pass" and clock.now == pytest.approx(30)
+    assert len(result.measurements) == 3  # the passing watches are not recorded as measurements

@@ -42,6 +42,7 @@ PLAN = f"""
 analysis:
   interval: {INTERVAL}s
   window: 3s
+  watch_every: 1s
   min_requests: 15
   max_inconclusive: 2
   selector: '{SELECTOR}'

@@ -59,6 +59,7 @@ def test_valid_plan_parses_durations_gates_and_optional_comparison():
         (VALID.replace("threshold: 1.0", "threshold: 0"), "analysis.metrics.latency_p95.threshold"),
         (VALID.replace("interval: 2s", "interval: 5s"), "step 1 (weight 20): pause is shorter than"),
         (VALID.replace("interval: 2s", "interval: soon"), "analysis.interval: expected a duration"),
+        (VALID.replace("interval: 2s", "interval: 2s\n  watch_every: 3s"), "analysis.watch_every: must not"),
         (VALID.replace('job="api-{color}"', 'job="api"'), "analysis.selector"),
         (VALID.replace("min_requests: 20", "min_requests: 0"), "analysis.min_requests"),
         (VALID.replace("approval_timeout: 1m\n", ""), "plan: missing approval_timeout"),

@@ -3,6 +3,8 @@
 The rules (issue #6): a failing measurement stops the step at once; inconclusive measurements are tolerated up
 to the plan's limit and never count as a pass; a step passes only once its pause has elapsed and its latest
 measurement passed; a manual gate additionally needs an operator's approval, while measurements go on.
+Between measurements the same checks run every `watch_every`, and only a failure among them counts: a fault
+that appears just after a measurement is acted on as soon as Prometheus shows it, not an interval later.
 Whatever ends a step other than a pass, the caller sends stable all the traffic.
 
 Plain Python: the clock, the sleep and the approval source are passed in, so the rules are tested directly.
@@ -19,7 +21,7 @@ from hotpot_orchestration.release.rollout.analysis import Measurement, Prometheu
 from hotpot_orchestration.release.rollout.plan import Analysis
 
 Outcome = Literal["pass", "fail", "inconclusive", "rejected", "unapproved"]
-# Approval and heartbeats are looked at this often between measurements.
+# The operator's answer is looked for this often between measurements.
 POLL_SECONDS = 1.0
 
 
@@ -61,7 +63,6 @@ def analyse(
     baseline: Mapping[str, float | None] | None = None,
     gate: Gate | None = None,
     record: Callable[[Measurement], None] = lambda measurement: None,
-    heartbeat: Callable[[], None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StepResult:
@@ -71,14 +72,23 @@ def analyse(
     next_tick = started + analysis.interval
     inconclusive = 0
     gate_opened: float | None = None
+    next_watch = started + analysis.watch_every
     while True:
-        # Between measurements: keep the heartbeat going and watch for the operator's answer.
+        # Between measurements: watch for a failure and for the operator's answer.
         while (remaining := next_tick - clock()) > 0:
-            sleep(min(remaining, POLL_SECONDS))
-            heartbeat()
+            sleep(min(remaining, POLL_SECONDS, max(0.0, next_watch - clock())))
+            if next_watch <= clock() < next_tick:
+                next_watch = clock() + analysis.watch_every
+                watched = measure(prometheus, analysis, canary, stable, baseline, now=clock() - started)
+                if watched.verdict == "fail":
+                    # Only failures count between measurements: a pass needs a full interval of evidence.
+                    result.measurements.append(watched)
+                    record(watched)
+                    return _end(result, "fail", f"failed: {watched.summary}")
             if gate_opened is not None and _answered(result, gate):
                 return result
         next_tick += analysis.interval
+        next_watch = clock() + analysis.watch_every
         measurement = measure(prometheus, analysis, canary, stable, baseline, now=clock() - started)
         result.measurements.append(measurement)
         record(measurement)

@@ -38,6 +38,7 @@ class MetricRule:
 class Analysis:
     interval: float
     window: float
+    watch_every: float
     min_requests: int
     max_inconclusive: int
     selector: str
@@ -137,11 +138,14 @@ def _analysis(raw: object) -> Analysis:
     raw = _mapping(
         raw,
         "analysis",
-        {"interval", "window", "min_requests", "max_inconclusive", "selector", "metrics"},
+        {"interval", "window", "watch_every", "min_requests", "max_inconclusive", "selector", "metrics"},
         {"interval", "min_requests", "max_inconclusive", "selector", "metrics"},
     )
     interval = parse_duration(raw["interval"], "analysis.interval")
     window = parse_duration(raw.get("window", interval), "analysis.window")
+    watch_every = parse_duration(raw.get("watch_every", interval), "analysis.watch_every")
+    if watch_every > interval:
+        raise PlanError("analysis.watch_every: must not be longer than analysis.interval")
     selector = raw["selector"]
     if not isinstance(selector, str) or "{color}" not in selector:
         raise PlanError("analysis.selector: label matchers containing {color}, such as 'color=\"{color}\"'")
@@ -151,6 +155,7 @@ def _analysis(raw: object) -> Analysis:
     return Analysis(
         interval=interval,
         window=window,
+        watch_every=watch_every,
         min_requests=int(_number(raw["min_requests"], "analysis.min_requests", minimum=1, integer=True)),
         max_inconclusive=int(_number(raw["max_inconclusive"], "analysis.max_inconclusive", integer=True)),
         selector=selector,
