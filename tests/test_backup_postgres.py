@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hotpot_orchestration.backups.backup import take_backup
+from hotpot_orchestration.backups.backup import GZIP, ZSTD, PgDump, take_backup
 from hotpot_orchestration.backups.catalog import list_backups, load_backup
 from hotpot_orchestration.backups.errors import BackupError
 from hotpot_orchestration.backups.verify import verify_backup
@@ -141,7 +141,7 @@ def test_round_trip_of_schemas_quoted_names_sequences_and_large_objects(
     assert sequences[("menu", "never_used")] == (1, False)
     assert manifest["large_objects"] == 3
     assert manifest["server_version_num"] // 10000 == postgres.version
-    assert manifest["compression"] in ("zstd:3", "gzip:6")
+    assert manifest["compression"] == PgDump.in_dir(postgres.bin_dir).compression
     assert {"name": "plpgsql", "version": "1.0"} in manifest["extensions"]
     head = client.head_object(Bucket=bucket, Key=manifest["dump_key"])
     assert head["Metadata"]["sha256"] == manifest["sha256"]
@@ -297,6 +297,22 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     assert postgres.password not in message
     assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_zstd_is_chosen_exactly_when_this_pg_dump_can_write_it(postgres, database, tmp_path):
+    dumped = subprocess.run(
+        [
+            str(postgres.bin_dir / "pg_dump"),
+            "--format=custom",
+            f"--compress={ZSTD}",
+            "--file",
+            str(tmp_path / "d"),
+        ],
+        env=PgTarget.from_url(postgres.url_for(database)).env(),
+        capture_output=True,
+    )
+    expected = ZSTD if dumped.returncode == 0 else GZIP
+    assert PgDump.in_dir(postgres.bin_dir).compression == expected
 
 
 @pytest.mark.skipif(not (PG15 / "pg_dump").exists(), reason="no PostgreSQL 15 client installed")
