@@ -8,7 +8,6 @@ to keep the verified scratch database as its target (see `guard`).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +22,6 @@ from hotpot_orchestration.restores.errors import NoBackup, RestoreSetupError
 from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned, maintenance_target
 
 _log = logging.getLogger(__name__)
-
-
-def default_jobs() -> int:
-    """Parallel pg_restore jobs and counting sessions: one per CPU here, at most 8 (beyond that the drill
-    server's disks, not this process, set the pace)."""
-    return max(2, min(8, os.cpu_count() or 2))
 
 
 @dataclass(frozen=True)
