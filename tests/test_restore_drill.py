@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -256,7 +257,7 @@ KILLABLE_DRILL = textwrap.dedent(
     backup = latest_backup(client, args["bucket"], "database/", database=args["database"])
     procedure.restore_backup(
         client, args["bucket"], backup, PgTarget.from_url(args["server"]), Path(args["bin_dir"]),
-        procedure.RestoreOptions(jobs=2),
+        procedure.RestoreOptions(jobs=2, work_dir=args["work_dir"]),
     )
     """
 )
@@ -271,7 +272,7 @@ def _restoring_into(postgres) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def big_backup(postgres, s3):
+def big_backup(postgres, s3, tmp_path_factory):
     """A verified backup large enough that pg_restore runs for a second or more, and a drill's arguments."""
     dbname, bucket = f"big_{uuid.uuid4().hex[:8]}", f"drills-big-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(bucket)
@@ -283,7 +284,8 @@ def big_backup(postgres, s3):
         )
     backup = take_verified_backup(postgres, s3, bucket, dbname)
     args = {"endpoint": s3.endpoint_url, "bucket": bucket, "database": dbname, "server": postgres.url}
-    yield backup, {**args, "bin_dir": str(postgres.bin_dir)}
+    work_dir = str(tmp_path_factory.mktemp("drill-work"))
+    yield backup, {**args, "bin_dir": str(postgres.bin_dir), "work_dir": work_dir}
     postgres.drop_database(dbname)
 
 
@@ -314,10 +316,15 @@ def test_a_drill_killed_mid_restore_leaves_a_scratch_database_the_next_drill_rem
     backup, args = big_backup
     signal_drill_mid_restore(postgres, args, signal.SIGKILL)
     (leftover,) = scratch_databases(postgres)
-    report = drill(postgres, s3, args["bucket"], backup)
+    # The downloaded dump is left behind too; older than the grace a starting run gives a fresh one, it goes.
+    (work_dir,) = Path(args["work_dir"]).iterdir()
+    two_minutes_ago = time.time() - 120
+    os.utime(work_dir, (two_minutes_ago, two_minutes_ago))
+    report = drill(postgres, s3, args["bucket"], backup, work_dir=args["work_dir"])
     assert report.cleaned_up == [leftover]
     assert report.passed, report.differences
     assert scratch_databases(postgres) == []
+    assert list(Path(args["work_dir"]).iterdir()) == []
 
 
 @pytest.mark.slow
@@ -325,6 +332,7 @@ def test_a_drill_interrupted_mid_restore_drops_its_own_scratch_database(postgres
     """What a terminated Dagster run does: the interrupt unwinds the drill, which drops what it created."""
     signal_drill_mid_restore(postgres, big_backup[1], signal.SIGINT)
     assert scratch_databases(postgres) == []
+    assert list(Path(big_backup[1]["work_dir"]).iterdir()) == []
 
 
 def test_a_live_drills_scratch_database_is_never_cleaned_up(postgres):
