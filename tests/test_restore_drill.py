@@ -438,6 +438,27 @@ def test_every_difference_is_listed_when_the_server_lacks_an_extension(
 
 
 @pytest.mark.slow
+def test_restore_job_puts_a_newer_dump_into_an_older_server(postgres, older_postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source)
+    result = restore_database_job.execute_in_process(
+        run_config={
+            "ops": {
+                "restore_database": {"config": {"target_database": "restored", "backup_key": backup.dump_key}}
+            }
+        },
+        resources={
+            "postgres": PostgresResource(url=older_postgres.url, pg_bin_dir=str(postgres.bin_dir)),
+            "backup_storage": resources(postgres, s3, bucket, source)["backup_storage"],
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failure_message(result)
+    assert count(older_postgres, "restored", "sales.order_items") == 360
+    older_postgres.drop_database("restored")
+
+
+@pytest.mark.slow
 def test_an_older_pg_restore_is_refused_with_the_binaries_to_use(postgres, older_postgres):
     with pytest.raises(RestoreSetupError) as refused:
         pgtools.check_pg_restore_can_read(older_postgres.bin_dir, "18.6")

@@ -98,6 +98,11 @@ def _report_metadata(report, bucket: str) -> dict[str, object]:
     }
 
 
+def _log_warnings(context: dg.OpExecutionContext, report) -> None:
+    for warning in report.warnings:
+        context.log.warning(warning)
+
+
 def _setup_failure(error: Exception) -> dg.Failure:
     """Problems of the setup (no backup, unusable binaries, missing roles, a refusal) end the step with their
     own message, which says what to change, instead of a stack trace."""
@@ -155,8 +160,7 @@ def restore_drill(
         )
     except RestoreError as error:
         raise _setup_failure(error) from None
-    for warning in report.warnings:
-        context.log.warning(warning)
+    _log_warnings(context, report)
     metadata = _report_metadata(report, backup_storage.bucket)
     yield dg.AssetCheckResult(check_name=DRILL_PASSED, passed=report.passed, metadata=metadata)
     if not report.passed:
@@ -217,7 +221,6 @@ def restore_database(
     options = procedure.RestoreOptions(
         jobs=config.jobs,
         keep_owners_and_privileges=config.keep_owners_and_privileges,
-        exit_on_error=True,
     )
     client = backup_storage.client()
     try:
@@ -259,6 +262,7 @@ def restore_database(
         )
     except RestoreError as error:
         raise _setup_failure(error) from None
+    _log_warnings(context, report)
     metadata = _report_metadata(report, backup_storage.bucket)
     if not report.passed:
         raise dg.Failure(

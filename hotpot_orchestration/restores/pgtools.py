@@ -227,11 +227,12 @@ def run_pg_restore(
     *,
     jobs: int,
     keep_owners_and_privileges: bool,
-    exit_on_error: bool,
     server_major: int,
     restore_major: int,
 ) -> RestoreRun:
-    """Restore `archive` into the (empty) database `target`.
+    """Restore `archive` into the (empty) database `target`, to the end: every error is collected rather
+    than stopping at the first (--exit-on-error would also stop at the harmless SET an older server rejects,
+    see `judge_stderr`). Nothing reads a scratch database that did not restore cleanly.
 
     Session settings that only speed up a load into a fresh database: commits need not wait for the WAL
     flush (a crash mid-restore fails the restore either way), and index builds get more sort memory.
@@ -241,8 +242,6 @@ def run_pg_restore(
         # Drill servers rarely have production's roles, and a restore run by a maintenance role should not
         # need them: objects end up owned by the restoring role, without the archive's GRANTs.
         argv += ["--no-owner", "--no-privileges"]
-    if exit_on_error:
-        argv.append("--exit-on-error")
     argv.append(str(archive))
     env = target.env()
     env["PGOPTIONS"] = "-c synchronous_commit=off -c maintenance_work_mem=256MB"

@@ -28,8 +28,6 @@ _log = logging.getLogger(__name__)
 class RestoreOptions:
     jobs: int
     keep_owners_and_privileges: bool = False
-    # Drills restore everything they can and list every error; a real restore stops at the first one.
-    exit_on_error: bool = False
     work_dir: str | None = None
 
 
@@ -167,7 +165,6 @@ def restore_backup(
                 download.path,
                 jobs=options.jobs,
                 keep_owners_and_privileges=with_privileges,
-                exit_on_error=options.exit_on_error,
                 server_major=target_major,
                 restore_major=restore_major,
             )
@@ -175,8 +172,6 @@ def restore_backup(
             report.differences += run.errors
             report.warnings += run.tolerated
             log(f"pg_restore finished in {run.seconds:.1f}s with exit code {run.returncode}")
-            if run.errors and options.exit_on_error:
-                return report
             started = time.monotonic()
             tables = verify.check_tables(scratch.target, manifest["tables"], jobs=options.jobs)
             with scratch.target.connect() as conn:
