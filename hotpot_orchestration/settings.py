@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,7 +22,13 @@ SAMPLE_APP_DIR = Path(__file__).resolve().parent / "sample_app"
 
 # Variables whose values may contain credentials: never repeat them in messages.
 SECRET_VARIABLES = frozenset(
-    {"HOTPOT_DATABASE_URL", "HOTPOT_DRILL_DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "HOTPOT_ALERT_WEBHOOK_URL"}
+    {
+        "HOTPOT_DATABASE_URL",
+        "HOTPOT_DRILL_DATABASE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "HOTPOT_ALERT_WEBHOOK_URL",
+        "HOTPOT_REGISTRY_PASSWORD",
+    }
 )
 
 
@@ -32,8 +38,9 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None
-    drill_database_url: str | None
+    # Secrets are kept out of repr() so that printing the settings never shows them.
+    database_url: str | None = field(repr=False)
+    drill_database_url: str | None = field(repr=False)
     pg_bin_dir: Path | None
     backup_bucket: str
     backup_prefix: str
@@ -45,12 +52,14 @@ class Settings:
     aws_endpoint_url: str | None
     aws_region: str
     registry: str | None
+    registry_username: str | None
+    registry_password: str | None = field(repr=False)
     image_repository: str
     app_source: Path
     image_builder: str
     prometheus_url: str | None
     router: str
-    alert_webhook_url: str | None
+    alert_webhook_url: str | None = field(repr=False)
     ui_url: str
     metrics_textfile: Path | None
 
@@ -170,6 +179,8 @@ _VARIABLES = {
     "AWS_ENDPOINT_URL": ("aws_endpoint_url", _http_url, None),
     "AWS_REGION": ("aws_region", str, "us-east-1"),
     "HOTPOT_REGISTRY": ("registry", _registry, None),
+    "HOTPOT_REGISTRY_USERNAME": ("registry_username", str, None),
+    "HOTPOT_REGISTRY_PASSWORD": ("registry_password", str, None),
     "HOTPOT_IMAGE_REPOSITORY": ("image_repository", _repository, "thehotpotspot/api"),
     "HOTPOT_APP_SOURCE": ("app_source", _app_source, SAMPLE_APP_DIR),
     "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
@@ -186,13 +197,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
     problems: list[str] = []
-    for variable, (field, parse, default) in _VARIABLES.items():
+    for variable, (name, parse, default) in _VARIABLES.items():
         raw = environ.get(variable, "").strip()
         if not raw:
-            values[field] = default
+            values[name] = default
             continue
         try:
-            values[field] = parse(raw)
+            values[name] = parse(raw)
         except ValueError as accepted:
             shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(raw)
             problems.append(f"{variable}={shown} is not valid: expected {accepted}")

@@ -91,7 +91,7 @@ def reason(result: dg.SensorResult) -> str:
 
 
 def location(registry_host: str, repository: str) -> dg.Definitions:
-    settings = dataclasses.replace(load_settings({}), registry=registry_host, image_repository=repository)
+    settings = dataclasses.replace(load_settings(), registry=registry_host, image_repository=repository)
     return build_definitions(settings)
 
 

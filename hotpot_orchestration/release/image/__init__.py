@@ -4,7 +4,6 @@ The work is in plain modules (`publish`, `gates`, `builders`, `kaniko`, `watch`,
 client in `hotpot_orchestration.platform.registry`); this module only adapts them to Dagster.
 """
 
-import os
 from typing import Any
 
 import dagster as dg
@@ -232,18 +231,14 @@ def new_image_tag_sensor(
     return dg.SensorResult(run_requests=[run], cursor=cursor)
 
 
-def _secret_env(variable: str):
-    """`EnvVar` for an optional credential: only when the variable is set (an unset EnvVar fails the load)."""
-    return dg.EnvVar(variable) if os.environ.get(variable) else None
-
-
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "registry": RegistryResource(
             registry=settings.registry or "",
             repository=settings.image_repository,
-            username=_secret_env("HOTPOT_REGISTRY_USERNAME"),
-            password=_secret_env("HOTPOT_REGISTRY_PASSWORD"),
+            # Optional credentials: an EnvVar only when set (an unset EnvVar fails the run).
+            username=dg.EnvVar("HOTPOT_REGISTRY_USERNAME") if settings.registry_username else None,
+            password=dg.EnvVar("HOTPOT_REGISTRY_PASSWORD") if settings.registry_password else None,
         ),
         "image_build": ImageBuildResource(source=str(settings.app_source), builder=settings.image_builder),
         "image_tag_policy": ImageTagPolicyResource(),
