@@ -9,7 +9,8 @@ analysis intervals:
   between measurements, the Prometheus scrape interval);
 - verdict -> stable 100 % (router): until nginx's new workers route everything to stable;
 - verdict -> stable 100 % (traffic): until the first request after which no request reached the canary.
-Targets: verdict within one interval, stable restored within 2 s of the verdict.
+Targets: verdict within one interval, stable restored within 2 s of the verdict. Each trial also counts
+requests left unanswered, and GETs retried once because a reload closed their idle keep-alive connection.
 
     .venv/bin/python bench/canary_detection.py [--trials N] [--interval SECONDS]
 """
@@ -102,6 +103,9 @@ def trial(stack: ReleaseStack, spec: dict, attribute: str, value: float, interva
         "to_verdict": verdict.timestamp - fault_at,
         "to_router": restored - verdict.timestamp,
         "to_traffic": max(0.0, observed - verdict.timestamp),
+        "requests": len(traffic.hits),
+        "retried": sum(hit.retried for hit in traffic.hits),
+        "unanswered": sum(hit.status is None for hit in traffic.hits),
     }
 
 
@@ -123,7 +127,9 @@ def main() -> None:
                 print(
                     f"  trial {number}: fault {r['fault_offset']:.2f}s after a passing measurement; "
                     f"fault->verdict {r['to_verdict']:.2f}s ({intervals:.2f} intervals); "
-                    f"verdict->stable 100 %: router {r['to_router']:.3f}s, traffic {r['to_traffic']:.3f}s"
+                    f"verdict->stable 100 %: router {r['to_router']:.3f}s, traffic {r['to_traffic']:.3f}s; "
+                    f"{r['requests']} requests, {r['unanswered']} unanswered, {r['retried']} retried once "
+                    "(keep-alive closed by a reload)"
                 )
             worst = {key: max(r[key] for r in results) for key in ("to_verdict", "to_router", "to_traffic")}
             restored = max(worst["to_router"], worst["to_traffic"])

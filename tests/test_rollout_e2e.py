@@ -147,9 +147,16 @@ def test_a_good_canary_walks_every_step_to_100_percent(stack, spec, instance):
         assert abs(share - weight) <= 5, f"step {weight}: green served {share:.1f} % of {len(hits)} requests"
     after = traffic.between(promoted + 0.5, finished)
     assert Traffic.share(after, "green") == 100.0
-    # Every reload went without a dropped request: all answered, all 200.
-    assert all(hit.status == 200 for hit in traffic.hits), Counter(hit.status for hit in traffic.hits)
+    assert_no_request_dropped(traffic)
     assert stack.router().state().live == "green"
+
+
+def assert_no_request_dropped(traffic: Traffic) -> None:
+    """Every request through the reloads was answered 200. nginx closes idle keep-alive connections when a
+    reload retires its old workers; the rare GET sent on one at that moment is retried by the client, as
+    HTTP clients do (counted, and bounded here to 1 % of the requests)."""
+    assert all(hit.status == 200 for hit in traffic.hits), Counter(hit.status for hit in traffic.hits)
+    assert sum(hit.retried for hit in traffic.hits) <= len(traffic.hits) // 100
 
 
 def failed_fast(instance, result, stack, traffic) -> tuple[str, float]:
@@ -268,7 +275,7 @@ def test_blue_green_switches_after_health_checks_and_keeps_the_new_colour(stack,
     assert stack.router().state() == RouteState("green", 0)
     switched = weight_switch_at(instance, result.run_id)
     assert Traffic.share(traffic.between(switched + 0.2, time.time()), "green") == 100.0
-    assert all(hit.status == 200 for hit in traffic.hits)
+    assert_no_request_dropped(traffic)
 
 
 def test_blue_green_switches_back_when_the_new_colour_is_bad(stack, spec, instance):

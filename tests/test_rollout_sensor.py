@@ -151,3 +151,32 @@ def test_the_code_location_has_one_asset_per_plan_step_between_api_image_and_pro
         assert dg.AssetKey(upstream) in graph.get(dg.AssetKey(downstream)).parent_keys
     job = defs.resolve_job_def("canary_release_job")
     assert {node.name for node in job.nodes} == {*steps, "production_release"}
+
+
+def test_a_step_materialized_outside_canary_release_job_refuses_to_move_traffic(instance):
+    from hotpot_orchestration.platform.resources import BackupStorageResource
+    from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+    from hotpot_orchestration.release.rollout.plan import load_plan
+    from hotpot_orchestration.release.rollout.releases import canary_assets
+    from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource
+
+    ROUTER.current = RouteState("blue", 20)
+    step_40 = canary_assets(load_plan())[1]
+    result = dg.materialize(
+        [step_40],
+        instance=instance,
+        raise_on_error=False,
+        resources={
+            "traffic_router": MemoryRouterResource(),
+            "canary_prometheus": CanaryPrometheusResource(),
+            "release_image": ReleaseImageResource(
+                tag="v2", digest="sha256:" + "2" * 64, repository="r", registry="h"
+            ),
+            "registry": RegistryResource(),
+            "backup_storage": BackupStorageResource(bucket="backups"),
+        },
+    )
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    assert "only in canary_release_job" in failure.step_failure_data.error.message
+    assert ROUTER.current == RouteState("blue", 20) and ROUTER.writes == 0

@@ -132,6 +132,7 @@ class Hit:
     at: float  # time.time() when the request was sent
     color: str | None  # None: no answer (connection error, timeout)
     status: int | None
+    retried: bool = False  # answered on the second attempt after a closed keep-alive connection
 
 
 class Traffic:
@@ -164,11 +165,18 @@ class Traffic:
                     if len(self.hits) >= self.max_requests:
                         return
                 sent = time.time()
-                try:
-                    response = client.get(self.url + "/")
-                    hit = Hit(sent, response.text, response.status_code)
-                except httpx.HTTPError:
-                    hit = Hit(sent, None, None)
+                hit = Hit(sent, None, None)
+                for attempt in (1, 2):
+                    try:
+                        response = client.get(self.url + "/")
+                        hit = Hit(sent, response.text, response.status_code, retried=attempt > 1)
+                        break
+                    except httpx.RemoteProtocolError:
+                        # An nginx reload closes idle keep-alive connections; a GET sent on one at that
+                        # moment is retried, as HTTP clients do for idempotent requests (RFC 9112, 9.3.1).
+                        hit = Hit(sent, None, None, retried=True)
+                    except httpx.HTTPError:
+                        break
                 with self._lock:
                     self.hits.append(hit)
 

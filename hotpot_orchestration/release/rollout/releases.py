@@ -4,8 +4,9 @@ blue-green and rollback jobs. Thin: `controller`, `analysis`, `gates` and the ro
 Safety rules kept here:
 - Every release step runs under `_stable_on_error`: whatever ends it early (a failed or inconclusive
   analysis, an error, the run being terminated) sends stable all the traffic before the step ends.
-- A step other than the first refuses to run unless the router is at the previous step's weight, so
-  materializing one step by hand (or re-executing from a failure) cannot skip the gates and the deployment.
+- Steps run only inside canary_release_job (so inside the release queue), and a step other than the first
+  refuses to run unless the router is at the previous step's weight, so re-executing from a failure cannot
+  skip the gates and the deployment.
 - Release runs record their worker and a heartbeat (see `liveness`) for release_failure_sensor.
 """
 
@@ -82,15 +83,10 @@ def _image(release_image: ReleaseImageResource) -> ReleaseImageResource:
     return release_image
 
 
-def _gates_and_deploy(
-    context,
-    plan: RolloutPlan,
-    router: Router,
-    image: ReleaseImageResource,
-    registry: RegistryResource,
-    backup_storage: BackupStorageResource,
-) -> RouteState:
-    """Check the safety gates, put the image on the idle colour (no traffic) and wait until it is healthy."""
+def _check_gates(
+    context, image: ReleaseImageResource, registry: RegistryResource, backup_storage: BackupStorageResource
+) -> None:
+    """The seed's pre-deployment checklist, before anything is deployed or routed."""
 
     def resolve_digest() -> str | None:
         if image.registry != registry.registry:
@@ -118,6 +114,10 @@ def _gates_and_deploy(
             result.name: f"{'passed' if result.passed else 'failed'}: {result.detail}" for result in results
         }
         raise dg.Failure(description=str(exc), metadata=metadata) from None
+
+
+def _deploy_idle(context, plan: RolloutPlan, router: Router, image: ReleaseImageResource) -> RouteState:
+    """Put the image on the idle colour (no traffic) and wait until it answers /health and /ready."""
     state = router.state()
     if state.canary_weight:
         # Left over by a run that died before release_failure_sensor saw it: the idle colour is about to
@@ -194,6 +194,13 @@ class OperatorApproval:
         )
 
 
+def _in_release_job(context) -> None:
+    """Materializing a step from the asset graph would run outside the release queue (no hotpot/release
+    tag) and beside a release in progress: only canary_release_job may move release traffic."""
+    if context.job_def.name != CANARY_JOB:
+        raise dg.Failure(description=f"Release steps run only in {CANARY_JOB}: launch that job instead.")
+
+
 def _expect_weight(state: RouteState, weight: int, what: str) -> None:
     if state.canary_weight != weight:
         raise dg.Failure(
@@ -226,34 +233,38 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
     ) -> dg.MaterializeResult:
+        _in_release_job(context)
         image = _image(release_image)
         router = traffic_router.router()
-        with _alive(context), _stable_on_error(context, router):
+        with _alive(context):
             if first:
-                state = _gates_and_deploy(context, plan, router, image, registry, backup_storage)
-            else:
-                state = router.state()
-                _expect_weight(state, previous_weight, step.label)
-            router.set_weight(step.weight)
-            context.log.info(
-                f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
-            )
-            result = analyse(
-                canary_prometheus.client(),
-                plan.analysis,
-                canary=state.idle,
-                # At 100 % stable serves nothing to compare with: thresholds alone apply.
-                stable=state.live if step.weight < 100 else None,
-                duration=step.pause,
-                gate=OperatorApproval(context, step, plan.approval_timeout) if step.gate else None,
-                record=_recorder(context, step.asset_name, step.label),
-            )
-            if not result.passed:
-                raise dg.Failure(
-                    description=f"{step.label} {result.outcome}: {result.message}. Stable ({state.live}) "
-                    "gets all the traffic back.",
-                    metadata=_result_metadata(result),
+                _check_gates(context, image, registry, backup_storage)
+            with _stable_on_error(context, router):
+                if first:
+                    state = _deploy_idle(context, plan, router, image)
+                else:
+                    state = router.state()
+                    _expect_weight(state, previous_weight, step.label)
+                router.set_weight(step.weight)
+                context.log.info(
+                    f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
                 )
+                result = analyse(
+                    canary_prometheus.client(),
+                    plan.analysis,
+                    canary=state.idle,
+                    # At 100 % stable serves nothing to compare with: thresholds alone apply.
+                    stable=state.live if step.weight < 100 else None,
+                    duration=step.pause,
+                    gate=OperatorApproval(context, step, plan.approval_timeout) if step.gate else None,
+                    record=_recorder(context, step.asset_name, step.label),
+                )
+                if not result.passed:
+                    raise dg.Failure(
+                        description=f"{step.label} {result.outcome}: {result.message}. Stable ({state.live}) "
+                        "gets all the traffic back.",
+                        metadata=_result_metadata(result),
+                    )
         return dg.MaterializeResult(
             metadata={"weight": step.weight, "canary_color": state.idle, "image": image.tagged_reference}
             | _result_metadata(result)
@@ -277,6 +288,7 @@ def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
         traffic_router: TrafficRouterResource,
         release_image: ReleaseImageResource,
     ) -> dg.MaterializeResult:
+        _in_release_job(context)
         image = _image(release_image)
         router = traffic_router.router()
         with _alive(context), _stable_on_error(context, router):
@@ -313,7 +325,9 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
     ) -> str:
         router = traffic_router.router()
         with _alive(context):
-            state = _gates_and_deploy(context, plan, router, _image(release_image), registry, backup_storage)
+            image = _image(release_image)
+            _check_gates(context, image, registry, backup_storage)
+            state = _deploy_idle(context, plan, router, image)
         return state.idle
 
     @dg.op(
