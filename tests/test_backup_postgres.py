@@ -10,8 +10,10 @@ import pytest
 
 from hotpot_orchestration.backups.backup import GZIP, ZSTD, PgDump, take_backup
 from hotpot_orchestration.backups.catalog import list_backups, load_backup
-from hotpot_orchestration.backups.errors import BackupError
+from hotpot_orchestration.backups.errors import BackupError, TransientBackupError
+from hotpot_orchestration.backups.snapshot import ExportedSnapshot
 from hotpot_orchestration.backups.verify import verify_backup
+from hotpot_orchestration.devstack import free_port
 from hotpot_orchestration.platform.pg import PgTarget
 
 pytestmark = pytest.mark.slow
@@ -337,3 +339,13 @@ def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3, bucket
     assert "HOTPOT_DATABASE_URL's password was refused" in str(refused.value)
     assert wrong not in str(refused.value)
     assert list_backups(s3.client(), bucket, PREFIX) == []
+
+
+def test_an_unreachable_server_is_retried_then_reported():
+    target = PgTarget(host="127.0.0.1", port=free_port(), user="backup", password="x", dbname="hotpot")
+    started = time.monotonic()
+    with pytest.raises(TransientBackupError) as unreachable:  # noqa: SIM117 - entering is what fails
+        with ExportedSnapshot(target, url_variable="HOTPOT_DATABASE_URL", connect_attempts=2):
+            pass
+    assert time.monotonic() - started >= 1  # one backoff wait between the two attempts
+    assert f"cannot reach postgresql://backup@127.0.0.1:{target.port}/hotpot" in str(unreachable.value)
