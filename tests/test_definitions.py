@@ -1,5 +1,6 @@
 """The code location loads with every public name of the design, through Dagster's own loaders."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import dagster as dg
 import pytest
 
 from hotpot_orchestration.definitions import build_definitions
+from hotpot_orchestration.platform.kubernetes import RELEASE_SERVICE_ACCOUNT
 from hotpot_orchestration.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +106,13 @@ def test_bad_environment_stops_the_load_naming_the_variable(tmp_path):
     assert "HOTPOT_ROUTER='traefik' is not valid: expected one of nginx, ingress-nginx, gateway-api" in (
         result.stdout + result.stderr
     )
+
+
+def test_release_and_build_runs_get_the_release_service_account_on_kubernetes(defs):
+    rbac = (ROOT / "deploy" / "k8s" / "rbac-release.yaml").read_text()
+    assert f"name: {RELEASE_SERVICE_ACCOUNT}" in rbac
+    repo = defs.get_repository_def()
+    for name in ("build_image_job", "canary_release_job", "blue_green_release_job", "rollback_job"):
+        tags = repo.get_job(name).tags
+        pod_config = json.loads(tags["dagster-k8s/config"])
+        assert pod_config["pod_spec_config"]["service_account_name"] == RELEASE_SERVICE_ACCOUNT, name

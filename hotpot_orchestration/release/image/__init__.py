@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 from hotpot_orchestration.release.image.resource import (
     ImageBuildResource,
     ImageTagPolicyResource,
@@ -162,6 +163,7 @@ build_image_job = dg.define_asset_job(
     "build_image_job",
     selection=dg.AssetSelection.assets(api_image),
     description="Run the source's CI gates, build the API image, push it as its commit tag and `latest`.",
+    tags=RELEASE_POD_TAGS,
 )
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout.analysis import Measurement, stable_values
@@ -33,10 +34,10 @@ APPROVAL_ASSET = "release_approval"
 # The run queue (dagster.yaml) allows one run at a time with the key `hotpot/release`: two releases never
 # move traffic at once, and a second one waits in the queue. Automatic retries are off: a half-done traffic
 # shift is undone by release_failure_sensor, never replayed.
-RELEASE_TAGS = {"hotpot/release": "release", "dagster/max_retries": "0"}
+RELEASE_TAGS = {"hotpot/release": "release", "dagster/max_retries": "0", **RELEASE_POD_TAGS}
 # rollback_job must NOT carry `hotpot/release`: the limit counts every value of that key, so a rollback
 # would queue behind the very release it has to stop. It gets a key of its own instead.
-ROLLBACK_TAGS = {"hotpot/rollback": "manual"}
+ROLLBACK_TAGS = {"hotpot/rollback": "manual", **RELEASE_POD_TAGS}
 CANARY_JOB, BLUE_GREEN_JOB, ROLLBACK_JOB = "canary_release_job", "blue_green_release_job", "rollback_job"
 RELEASE_JOBS = (CANARY_JOB, BLUE_GREEN_JOB)
 
