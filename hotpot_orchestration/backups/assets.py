@@ -112,6 +112,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "rows": dg.MetadataValue.int(result.rows),
                 "large_objects": dg.MetadataValue.int(manifest["large_objects"]),
                 "parts": dg.MetadataValue.int(result.parts),
+                "part_size_bytes": dg.MetadataValue.int(result.part_size),
                 "s3_uri": dg.MetadataValue.text(f"s3://{result.bucket}/{manifest['dump_key']}"),
                 "sha256": dg.MetadataValue.text(manifest["sha256"]),
                 "dump_key": dg.MetadataValue.text(manifest["dump_key"]),

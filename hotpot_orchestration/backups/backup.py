@@ -84,7 +84,6 @@ class BackupResult:
     database_bytes: int
     part_size: int
     parts: int
-    seconds: float
 
     @property
     def dump_bytes(self) -> int:
@@ -221,5 +220,4 @@ def take_backup(
         database_bytes=snapshot.database_bytes,
         part_size=uploaded.part_size,
         parts=uploaded.parts,
-        seconds=uploaded.seconds,
     )

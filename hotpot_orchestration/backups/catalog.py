@@ -37,10 +37,6 @@ class Backup:
     manifest: dict[str, Any]
     verified: bool
 
-    @property
-    def database(self) -> str:
-        return self.manifest["database"]
-
 
 def backup_keys(prefix: str, database: str, partition: str, created_at: datetime) -> tuple[str, str]:
     """(dump key, manifest key) of the backup of `database` taken at `created_at` for `partition`."""
@@ -115,10 +111,14 @@ def is_verified(manifest: dict[str, Any]) -> bool:
     return isinstance(verification, dict) and verification.get("ok") is True
 
 
+def _dump_key_of(manifest_key: str) -> str:
+    return manifest_key[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX
+
+
 def _backup_from(key: str, prefix: str, manifest: dict[str, Any]) -> Backup:
     partition = _MANIFEST_KEY.fullmatch(key[len(prefix) :])["partition"]
     return Backup(
-        dump_key=key[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX,
+        dump_key=_dump_key_of(key),
         manifest_key=key,
         partition=partition,
         created_at=datetime.fromisoformat(manifest["created_at"]),
@@ -153,7 +153,7 @@ def list_backups(client, bucket: str, prefix: str, database: str | None = None) 
                 raise
             except ValueError:
                 continue  # same shape of key, but not our manifest: not ours to list
-            if manifest.get("dump_key") == key[: -len(MANIFEST_SUFFIX)] + DUMP_SUFFIX:
+            if manifest.get("dump_key") == _dump_key_of(key):
                 backups.append(_backup_from(key, prefix, manifest))
     return sorted(backups, key=lambda backup: (backup.created_at, backup.dump_key))
 

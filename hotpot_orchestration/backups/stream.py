@@ -58,7 +58,6 @@ class Uploaded:
     sha256: str
     parts: int
     part_size: int
-    seconds: float
 
 
 class MultipartUpload:
@@ -219,9 +218,8 @@ class MultipartUpload:
         except BaseException:
             self.client.delete_object(Bucket=self.bucket, Key=self.key)
             raise
-        elapsed = time.monotonic() - self._started
         if self.on_progress:
-            self.on_progress(Progress(self._bytes, elapsed))
+            self.on_progress(self.progress)
         return Uploaded(
             bucket=self.bucket,
             key=self.key,
@@ -229,7 +227,6 @@ class MultipartUpload:
             sha256=sha256,
             parts=len(parts),
             part_size=self.part_size,
-            seconds=elapsed,
         )
 
 
