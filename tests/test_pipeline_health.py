@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from hotpot_orchestration.definitions import build_definitions
 from hotpot_orchestration.operations.health import PipelineHealth, render
 from hotpot_orchestration.operations.sensors import MetricsTextfileResource, pipeline_health_sensor
+from hotpot_orchestration.settings import load_settings
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "pipeline-alerts.yml"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -127,3 +130,26 @@ def test_sensor_skips_without_a_textfile():
         )
         result = pipeline_health_sensor(context)
     assert "HOTPOT_METRICS_TEXTFILE is unset" in result.skip_message
+
+
+def test_age_checks_job_flags_a_pipeline_that_stopped(postgres, s3, monkeypatch):
+    bucket = f"age-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    env = {
+        "HOTPOT_DATABASE_URL": postgres.url,
+        "HOTPOT_BACKUP_BUCKET": bucket,
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": s3.region,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    defs = build_definitions(load_settings())
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("age_checks_job").execute_in_process(instance=instance)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    # No backup and no drill ever: both age checks fail, and nothing else ran.
+    assert set(evaluations) == {"verified_backup_is_fresh", "restore_drill_recent"}
+    assert not any(e.passed for e in evaluations.values())
+    assert not result.get_asset_materialization_events()

@@ -297,15 +297,10 @@ def build_defs(settings: Settings) -> dg.Definitions:
         tags={"dagster/retry_on_asset_or_op_failure": "false"},
         description="Restore drill: the newest verified backup restored, verified and dropped.",
     )
-    restore_drill_recent_job = dg.define_asset_job(
-        "restore_drill_recent_job",
-        selection=dg.AssetSelection.checks(dg.AssetCheckKey(DRILL_ASSET, DRILL_RECENT)),
-        description="Evaluates restore_drill_recent on its own, so a drill that stopped running shows up.",
-    )
     return dg.Definitions(
         assets=[restore_drill],
         asset_checks=[restore_drill_recent],
-        jobs=[restore_drill_job, restore_drill_recent_job, restore_database_job],
+        jobs=[restore_drill_job, restore_database_job],
         schedules=[
             dg.ScheduleDefinition(
                 name="restore_drill_schedule",
@@ -313,13 +308,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 cron_schedule=settings.restore_drill_cron,
                 execution_timezone=settings.timezone,
                 description="Daily restore drill after the nightly backup (HOTPOT_RESTORE_DRILL_CRON).",
-            ),
-            dg.ScheduleDefinition(
-                name="restore_drill_recent_schedule",
-                job=restore_drill_recent_job,
-                cron_schedule="0 12 * * *",
-                execution_timezone=settings.timezone,
-                description="Daily evaluation of restore_drill_recent.",
             ),
         ],
     )
