@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,12 @@ class Settings:
     image_builder: str
     prometheus_url: str | None
     router: str
+    # The nginx router; None: the resource's defaults (a VM's own nginx).
+    nginx_upstream_conf: Path | None
+    nginx_command: tuple[str, ...] | None
+    nginx_pid_file: Path | None
+    blue_servers: tuple[str, ...] | None
+    green_servers: tuple[str, ...] | None
     alert_webhook_url: str | None = field(repr=False)
     ui_url: str
     metrics_textfile: Path | None
@@ -149,6 +157,46 @@ def _writable_file(value: str) -> Path:
     return path
 
 
+def _absolute_path(value: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError("an absolute path such as /run/nginx.pid")
+    return path
+
+
+def _upstream_conf(value: str) -> Path:
+    path = Path(value)
+    if not path.is_absolute() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise ValueError(
+            "an absolute file path in an existing, writable directory, such as "
+            "/etc/nginx/conf.d/hotpot-upstream.conf"
+        )
+    return path
+
+
+def _nginx_command(value: str) -> tuple[str, ...]:
+    form = (
+        "a command line starting with the nginx program, such as '/usr/sbin/nginx -c /etc/nginx/nginx.conf'"
+    )
+    try:
+        argv = shlex.split(value)
+    except ValueError:
+        raise ValueError(f"{form} (quoted as in a shell)") from None
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"{form}; {argv[0]!r} is not an executable program")
+    return tuple(argv)
+
+
+_SERVER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def _servers(value: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in value.split(","))
+    if not all((match := _SERVER.fullmatch(server)) and 0 < int(match["port"]) < 65536 for server in servers):
+        raise ValueError("a comma-separated list of HOST:PORT, such as 10.0.0.11:8080,10.0.0.12:8080")
+    return servers
+
+
 def _pg_bin_dir(value: str) -> Path:
     path = _directory(value)
     if not (path / "pg_dump").is_file():
@@ -186,10 +234,24 @@ _VARIABLES = {
     "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
     "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
+    "HOTPOT_NGINX_UPSTREAM_CONF": ("nginx_upstream_conf", _upstream_conf, None),
+    "HOTPOT_NGINX_COMMAND": ("nginx_command", _nginx_command, None),
+    "HOTPOT_NGINX_PID_FILE": ("nginx_pid_file", _absolute_path, None),
+    "HOTPOT_BLUE_SERVERS": ("blue_servers", _servers, None),
+    "HOTPOT_GREEN_SERVERS": ("green_servers", _servers, None),
     "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
     "HOTPOT_UI_URL": ("ui_url", _http_url, "http://127.0.0.1:3000"),
     "HOTPOT_METRICS_TEXTFILE": ("metrics_textfile", _writable_file, None),
 }
+
+
+def _servers_of_one_colour(environ: Mapping[str, str]) -> list[str]:
+    """The nginx router routes between two colours: the servers of one without the other's are a mistake."""
+    blue, green = (bool(environ.get(f"HOTPOT_{color}_SERVERS", "").strip()) for color in ("BLUE", "GREEN"))
+    if blue == green:
+        return []
+    given, missing = ("BLUE", "GREEN") if blue else ("GREEN", "BLUE")
+    return [f"HOTPOT_{missing}_SERVERS is not set: expected it together with HOTPOT_{given}_SERVERS"]
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -207,6 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as accepted:
             shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(raw)
             problems.append(f"{variable}={shown} is not valid: expected {accepted}")
+    problems += _servers_of_one_colour(environ)
     if problems:
         raise SettingsError("Bad configuration in the environment:\n  " + "\n  ".join(problems))
     return Settings(**values)

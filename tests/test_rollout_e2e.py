@@ -26,10 +26,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from hotpot_orchestration.devstack import Traffic
 from hotpot_orchestration.release.rollout.localstack import (
     SELECTOR,
     ReleaseStack,
-    Traffic,
     release_definitions,
     release_spec,
 )

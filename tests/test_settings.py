@@ -15,6 +15,8 @@ def test_defaults_match_the_design():
     assert (settings.image_builder, settings.router) == ("buildah", "nginx")
     assert settings.alert_webhook_url is None
     assert settings.app_source.name == "sample_app"
+    # The nginx router keeps the resource's defaults: a VM's own nginx.
+    assert settings.nginx_upstream_conf is settings.nginx_command is settings.blue_servers is None
 
 
 def test_good_values_are_parsed():
@@ -35,9 +37,56 @@ def test_good_values_are_parsed():
     assert settings.router == "gateway-api"
 
 
+def test_nginx_router_variables_configure_the_traffic_router(tmp_path):
+    from hotpot_orchestration.release.rollout.resources import traffic_router_resource
+
+    settings = load_settings(
+        {
+            "HOTPOT_NGINX_UPSTREAM_CONF": str(tmp_path / "upstream.conf"),
+            "HOTPOT_NGINX_COMMAND": "/usr/sbin/nginx -p '/srv/my nginx/' -c /srv/nginx.conf",
+            "HOTPOT_NGINX_PID_FILE": "/srv/nginx.pid",
+            "HOTPOT_BLUE_SERVERS": "10.0.0.11:8080, 10.0.0.12:8080",
+            "HOTPOT_GREEN_SERVERS": "[fd00::21]:8080",
+        }
+    )
+    assert settings.nginx_command == ("/usr/sbin/nginx", "-p", "/srv/my nginx/", "-c", "/srv/nginx.conf")
+    assert settings.blue_servers == ("10.0.0.11:8080", "10.0.0.12:8080")
+    router = traffic_router_resource(settings)
+    assert router.kind == "nginx"
+    assert router.nginx_upstream_conf == str(tmp_path / "upstream.conf")
+    assert router.nginx_command == ["/usr/sbin/nginx", "-p", "/srv/my nginx/", "-c", "/srv/nginx.conf"]
+    assert router.nginx_pid_file == "/srv/nginx.pid"
+    assert (router.blue_servers, router.green_servers) == (
+        ["10.0.0.11:8080", "10.0.0.12:8080"],
+        ["[fd00::21]:8080"],
+    )
+    defaults = traffic_router_resource(load_settings({}))
+    assert defaults.nginx_upstream_conf == "/etc/nginx/conf.d/hotpot-upstream.conf"
+    assert defaults.nginx_pid_file == "/run/nginx.pid"
+
+
+def test_one_colour_without_the_other_is_refused():
+    with pytest.raises(
+        SettingsError, match="HOTPOT_GREEN_SERVERS is not set: expected it together with HOTPOT_BLUE"
+    ):
+        load_settings({"HOTPOT_BLUE_SERVERS": "10.0.0.11:8080"})
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "expected"),
     [
+        ("HOTPOT_NGINX_UPSTREAM_CONF", "conf.d/up.conf", "expected an absolute file path in an existing"),
+        (
+            "HOTPOT_NGINX_UPSTREAM_CONF",
+            "/nonexistent/up.conf",
+            "expected an absolute file path in an existing",
+        ),
+        ("HOTPOT_NGINX_COMMAND", "no-such-nginx -c x", "'no-such-nginx' is not an executable program"),
+        ("HOTPOT_NGINX_COMMAND", "nginx -c 'unclosed", "quoted as in a shell"),
+        ("HOTPOT_NGINX_PID_FILE", "nginx.pid", "expected an absolute path"),
+        ("HOTPOT_BLUE_SERVERS", "10.0.0.11", "expected a comma-separated list of HOST:PORT"),
+        ("HOTPOT_GREEN_SERVERS", "10.0.0.21:8080,", "expected a comma-separated list of HOST:PORT"),
+        ("HOTPOT_GREEN_SERVERS", "10.0.0.21:99999", "expected a comma-separated list of HOST:PORT"),
         ("HOTPOT_BACKUP_RETENTION_DAYS", "-3", "expected a whole number of at least 1"),
         ("HOTPOT_BACKUP_MIN_KEEP", "seven", "expected a whole number of at least 1"),
         ("HOTPOT_ROUTER", "traefik", "expected one of nginx, ingress-nginx, gateway-api"),

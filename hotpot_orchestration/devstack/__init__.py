@@ -9,21 +9,31 @@ from .nginx import Nginx
 from .postgres import Postgres
 from .prometheus import Prometheus
 from .registry import Registry, push_test_image
+from .release_target import API_JOB, COLORS, ReleaseTarget
 from .s3 import S3Server
 from .sample import SAMPLE_DATABASE, seed_sample
+from .sample_api import SampleApi, compile_sample_app
 from .stack import BACKUP_BUCKET, DevStack
+from .traffic import Hit, Traffic
 
 __all__ = [
+    "API_JOB",
     "BACKUP_BUCKET",
+    "COLORS",
     "SAMPLE_DATABASE",
     "DevStack",
+    "Hit",
     "MissingProgram",
     "Nginx",
     "Postgres",
     "Prometheus",
     "Registry",
+    "ReleaseTarget",
     "S3Server",
+    "SampleApi",
     "ServiceError",
+    "Traffic",
+    "compile_sample_app",
     "free_port",
     "port_is_open",
     "push_test_image",

@@ -1,12 +1,16 @@
-"""`python -m hotpot_orchestration.devstack up | run -- COMMAND...`
+"""`python -m hotpot_orchestration.devstack [--traffic-rate R] [--traffic-hours H] up | run -- COMMAND...`
 
 up   start the stack, write its environment to .devstack/env.sh, wait for Ctrl-C or SIGTERM, stop it.
 run  the same, but run COMMAND with that environment and stop the stack when COMMAND exits (`make dev`).
+
+Synthetic traffic goes through the stack's nginx at R requests per second until the stack stops, or for at
+most H hours.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import signal
@@ -14,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .stack import DevStack
+from .stack import TRAFFIC_RATE, TRAFFIC_SECONDS, DevStack
 
 
 def _default_env_file() -> Path:
@@ -31,6 +35,13 @@ def write_env_file(env: dict[str, str], path: Path) -> None:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as file:
         file.writelines(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return number
 
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
@@ -57,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m hotpot_orchestration.devstack", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--env-file", type=Path, default=_default_env_file(), help="default: %(default)s")
+    parser.add_argument(
+        "--traffic-rate",
+        type=_positive,
+        default=TRAFFIC_RATE,
+        help="requests per second (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--traffic-hours",
+        type=_positive,
+        default=TRAFFIC_SECONDS / 3600,
+        help="synthetic traffic stops after this long (default: %(default)g)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the stack and wait for Ctrl-C")
     run = commands.add_parser("run", help="start the stack, run COMMAND with its environment, stop")
@@ -73,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_system_exit)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print(
-        "starting PostgreSQL, S3, registry, nginx and Prometheus on 127.0.0.1 ...",
+        "starting PostgreSQL, S3, registry, the sample app (blue and green), nginx and Prometheus "
+        "on 127.0.0.1 ...",
         file=sys.stderr,
         flush=True,
     )
     try:
-        with DevStack() as stack:
+        with DevStack(traffic_rate=args.traffic_rate, traffic_seconds=args.traffic_hours * 3600) as stack:
             write_env_file(stack.env(), args.env_file)
             print(stack.summary(), file=sys.stderr)
             print(f"environment (with the database password): {args.env_file}", file=sys.stderr, flush=True)

@@ -11,14 +11,17 @@ from ._process import Service, ServiceError, find_program, free_port
 
 DEFAULT_JOB = "hotpot"
 
-Targets = Mapping[str, Iterable[str]] | Iterable[str]
+# job -> "host:port" list, or job -> {"host:port": {label: value}} to attach static labels to a target.
+Targets = Mapping[str, Iterable[str] | Mapping[str, Mapping[str, str]]] | Iterable[str]
 
 
 class Prometheus(Service):
     """Prometheus on 127.0.0.1:<free port>, TSDB in its temp dir.
 
-    `targets` is a list of "host:port" (scraped as job "hotpot") or a mapping job name -> list of "host:port".
-    `scrape_self` adds job "prometheus" scraping this server, so `up` has data without any other target.
+    `targets` is a list of "host:port" (scraped as job "hotpot"), or a mapping job name -> list of
+    "host:port", or job name -> {"host:port": labels} where labels (such as {"color": "blue"}) are added to
+    every series scraped from that target. `scrape_self` adds job "prometheus" scraping this server, so `up`
+    has data without any other target.
     """
 
     name = "prometheus"
@@ -40,27 +43,39 @@ class Prometheus(Service):
         self.port = 0
 
     @staticmethod
-    def _jobs(targets: Targets) -> dict[str, list[str]]:
-        if isinstance(targets, Mapping):
-            return {job: list(addresses) for job, addresses in targets.items()}
-        targets = list(targets)
-        return {DEFAULT_JOB: targets} if targets else {}
+    def _jobs(targets: Targets) -> dict[str, dict[str, dict[str, str]]]:
+        """job -> {address: static labels}."""
+        if not isinstance(targets, Mapping):
+            addresses = list(targets)
+            targets = {DEFAULT_JOB: addresses} if addresses else {}
+        return {
+            job: {
+                address: dict(addresses[address]) if isinstance(addresses, Mapping) else {}
+                for address in addresses
+            }
+            for job, addresses in targets.items()
+        }
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _jobs_with_self(self) -> dict[str, list[str]]:
+    def _jobs_with_self(self) -> dict[str, dict[str, dict[str, str]]]:
         if not self.scrape_self:
             return self.targets
-        return {**self.targets, "prometheus": [f"127.0.0.1:{self.port}"]}
+        return {**self.targets, "prometheus": {f"127.0.0.1:{self.port}": {}}}
 
     def _write_config(self) -> None:
         config = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": addresses}]}
-                for job, addresses in self._jobs_with_self().items()
+                {
+                    "job_name": job,
+                    "static_configs": [
+                        {"targets": [address], "labels": labels} for address, labels in targets.items()
+                    ],
+                }
+                for job, targets in self._jobs_with_self().items()
             ],
         }
         (self.tmp / "prometheus.yml").write_text(json.dumps(config, indent=2))  # JSON is valid YAML

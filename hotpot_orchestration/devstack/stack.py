@@ -5,49 +5,84 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
-from ._process import Service
 from .nginx import Nginx
 from .postgres import Postgres
 from .prometheus import Prometheus
 from .registry import Registry
+from .release_target import API_JOB, ReleaseTarget
 from .s3 import S3Server
 from .sample import SAMPLE_DATABASE, seed_sample
+from .sample_api import SampleApi
+from .traffic import Traffic
 
 BACKUP_BUCKET = "thehotpotspot-backups"
+TRAFFIC_RATE = 20.0  # requests per second: enough for the default plan's min_requests at a 20 % weight
+TRAFFIC_SECONDS = 3600.0
+# Hits kept for inspection: the last ten minutes at the default rate.
+TRAFFIC_HISTORY = 12_000
 
 
 class DevStack:
-    """PostgreSQL (seeded with the sample database), S3 (with the backup bucket), registry, nginx, Prometheus.
-
-    nginx starts with no upstream (503) until a release routes traffic; Prometheus scrapes itself.
+    """PostgreSQL (seeded with the sample database), S3 (with the backup bucket), the registry, and a release
+    target: the sample app as blue and green behind nginx (blue live at 100 %), both scraped by Prometheus,
+    with synthetic traffic through nginx at `traffic_rate` requests per second for at most `traffic_seconds`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, traffic_rate: float = TRAFFIC_RATE, traffic_seconds: float = TRAFFIC_SECONDS) -> None:
         self.postgres = Postgres()
         self.s3 = S3Server()
         self.registry = Registry()
-        self.nginx = Nginx()
-        self.prometheus = Prometheus(scrape_self=True)
+        self.sample_api = SampleApi()
+        self.release_target: ReleaseTarget | None = None
+        self.traffic: Traffic | None = None
+        self.traffic_rate = traffic_rate
+        self.traffic_seconds = traffic_seconds
 
     @property
-    def services(self) -> list[Service]:
-        return [self.postgres, self.s3, self.registry, self.nginx, self.prometheus]
+    def nginx(self) -> Nginx:
+        return self._target().nginx
+
+    @property
+    def prometheus(self) -> Prometheus:
+        return self._target().prometheus
+
+    def _target(self) -> ReleaseTarget:
+        if self.release_target is None:
+            raise RuntimeError("the devstack is not running")
+        return self.release_target
+
+    def _start_release_target(self) -> None:
+        # nginx and Prometheus are configured with the colours' ports, known once they run.
+        self.sample_api.start()
+        self.release_target = ReleaseTarget(self.sample_api.addresses).start()
 
     def start(self) -> Self:
         try:
             # In parallel: each start is mostly waiting for a child process to get ready.
-            with ThreadPoolExecutor(len(self.services)) as pool:
-                for future in [pool.submit(service.start) for service in self.services]:
+            with ThreadPoolExecutor(4) as pool:
+                starts = [self.postgres.start, self.s3.start, self.registry.start, self._start_release_target]
+                for future in [pool.submit(start) for start in starts]:
                     future.result()
             seed_sample(self.postgres, SAMPLE_DATABASE)
             self.s3.create_bucket(BACKUP_BUCKET)
+            self.traffic = Traffic(
+                self.nginx.url,
+                self.traffic_rate,
+                self.traffic_seconds,
+                concurrency=4,
+                history=TRAFFIC_HISTORY,
+            ).start()
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for service in reversed(self.services):
+        if self.traffic is not None:
+            self.traffic.stop()
+        if self.release_target is not None:
+            self.release_target.stop()
+        for service in (self.sample_api, self.registry, self.s3, self.postgres):
             service.stop()
 
     def __enter__(self) -> Self:
@@ -69,23 +104,23 @@ class DevStack:
             "AWS_REGION": self.s3.region,
             "AWS_DEFAULT_REGION": self.s3.region,  # the name boto3 itself reads
             "HOTPOT_REGISTRY": self.registry.host,
-            "HOTPOT_PROMETHEUS_URL": self.prometheus.url,
-            "HOTPOT_ROUTER": "nginx",
-            # Where the local router lives, for `nginx -p PREFIX -c CONF -s reload` after rewriting CONF.
-            "HOTPOT_NGINX_URL": self.nginx.url,
-            "HOTPOT_NGINX_CONF": str(self.nginx.conf_path),
-            "HOTPOT_NGINX_PREFIX": str(self.nginx.prefix),
+            # The release router and canary analysis: this nginx, the sample app's colours, this Prometheus.
+            **self._target().env(),
         }
 
     def summary(self) -> str:
         """Where each service listens, without the database password."""
         pg = self.postgres
+        colors = "  ".join(f"{color} {address}" for color, address in self.sample_api.addresses.items())
         return "\n".join(
             [
                 f"PostgreSQL {pg.version}  {pg.host}:{pg.port}  database {SAMPLE_DATABASE}, user {pg.user}",
                 f"S3 (moto)      {self.s3.endpoint_url}  bucket {BACKUP_BUCKET}",
                 f"registry       {self.registry.host}",
-                f"nginx          {self.nginx.url}  config {self.nginx.conf_path}",
-                f"Prometheus     {self.prometheus.url}",
+                f"sample app     {colors}",
+                f"nginx          {self.nginx.url}  upstreams {self.nginx.upstream_conf}",
+                f"Prometheus     {self.prometheus.url}  job {API_JOB}, label color=blue|green",
+                f"traffic        {self.traffic_rate:g} requests/s through nginx for at most "
+                f"{self.traffic_seconds / 3600:g} h",
             ]
         )

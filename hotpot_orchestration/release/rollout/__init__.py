@@ -16,7 +16,7 @@ from hotpot_orchestration.release.rollout.releases import (
     canary_job,
     rollback_job,
 )
-from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, traffic_router_resource
 from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 from hotpot_orchestration.settings import Settings
 
@@ -35,7 +35,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         build_rollout_defs(load_plan()),
         dg.Definitions(
             resources={
-                "traffic_router": TrafficRouterResource(kind=settings.router),
+                "traffic_router": traffic_router_resource(settings),
                 "canary_prometheus": CanaryPrometheusResource(url=settings.prometheus_url),
             }
         ),

@@ -1,42 +1,45 @@
-"""A release target on loopback: two colours of a stand-in API behind the devstack's nginx, scraped by its
-Prometheus, and bounded synthetic traffic; and what the safety gates need (an image in the devstack registry,
-a verified backup in its S3). Used by the end-to-end tests and bench/canary_detection.py.
+"""A release target on loopback for the end-to-end tests and bench/canary_detection.py: two colours of a
+stand-in API behind the devstack's nginx, scraped by its Prometheus (`devstack.ReleaseTarget`, as in
+`make dev`), with bounded synthetic traffic; and what the safety gates need (an image in the devstack
+registry, a verified backup in its S3).
 
-The colours are small Python HTTP servers rather than the sample app's binary because a test needs to turn
-faults on and off while a release runs (the sample app reads its faults from the environment at start) and
-to know which colour answered each request. They speak the same metrics as the sample app and the seed:
-`http_requests_total{status}` and the `http_request_duration_seconds` histogram, for `/` only.
-
-Prometheus scrapes each colour as its own job (`api-blue`, `api-green`), so a plan's selector is
-`job="api-{color}"`. Everything listens on 127.0.0.1, and traffic is bounded in rate, count and time.
+The colours are small Python HTTP servers rather than the sample app's binary (which `make dev` runs)
+because a test needs to turn faults on and off while a release runs (the sample app reads its faults from
+the environment at start). They speak the same metrics as the sample app and the seed:
+`http_requests_total{status}` and the `http_request_duration_seconds` histogram, for `/` only, and name their
+colour in `X-Track`. Everything listens on 127.0.0.1, and traffic is bounded in rate, count and time.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
 from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
-from hotpot_orchestration.devstack import Nginx, Prometheus
+from hotpot_orchestration.devstack import COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout import build_rollout_defs
-from hotpot_orchestration.release.rollout.plan import parse_plan
-from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
+from hotpot_orchestration.release.rollout.plan import load_plan, parse_plan
+from hotpot_orchestration.release.rollout.resources import (
+    CanaryPrometheusResource,
+    TrafficRouterResource,
+    traffic_router_resource,
+)
 from hotpot_orchestration.release.rollout.routers import RouteState
 from hotpot_orchestration.release.rollout.routers.nginx import NginxRouter
+from hotpot_orchestration.settings import load_settings
 
-SELECTOR = 'job="api-{color}"'
+# The default plan's: the target's Prometheus labels each colour's series the way production does.
+SELECTOR = load_plan().analysis.selector
 # Prometheus client libraries' default buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -108,6 +111,7 @@ class ColorServer:
                     status = server._answer()
                     body = server.color.encode()
                 self.send_response(status)
+                self.send_header("X-Track", server.color)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -127,117 +131,27 @@ class ColorServer:
             self._server.server_close()
 
 
-@dataclass(frozen=True)
-class Hit:
-    at: float  # time.time() when the request was sent
-    color: str | None  # None: no answer (connection error, timeout)
-    status: int | None
-    retried: bool = False  # answered on the second attempt after a closed keep-alive connection
-
-
-class Traffic:
-    """Synthetic clients through nginx: `rate` requests per second in total, over `concurrency` threads,
-    stopping at `max_requests` or after `max_seconds`, whichever comes first (or at `stop()`)."""
-
-    def __init__(self, url: str, rate: float, max_seconds: float, max_requests: int, concurrency: int = 8):
-        self.url = url
-        self.rate = rate
-        self.max_seconds = max_seconds
-        self.max_requests = max_requests
-        self.concurrency = concurrency
-        self.hits: list[Hit] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    def _client(self, index: int, started: float) -> None:
-        import httpx
-
-        period = self.concurrency / self.rate
-        next_at = started + index * period / self.concurrency
-        with httpx.Client(timeout=5.0) as client:
-            while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
-                delay = next_at - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
-                    break
-                next_at += period
-                with self._lock:
-                    if len(self.hits) >= self.max_requests:
-                        return
-                sent = time.time()
-                hit = Hit(sent, None, None)
-                for attempt in (1, 2):
-                    try:
-                        response = client.get(self.url + "/")
-                        hit = Hit(sent, response.text, response.status_code, retried=attempt > 1)
-                        break
-                    except httpx.RemoteProtocolError:
-                        # An nginx reload closes idle keep-alive connections; a GET sent on one at that
-                        # moment is retried, as HTTP clients do for idempotent requests (RFC 9112, 9.3.1).
-                        hit = Hit(sent, None, None, retried=True)
-                    except httpx.HTTPError:
-                        break
-                with self._lock:
-                    self.hits.append(hit)
-
-    def start(self) -> Traffic:
-        started = time.monotonic()
-        self._threads = [
-            threading.Thread(target=self._client, args=(i, started), daemon=True)
-            for i in range(self.concurrency)
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def between(self, start: float, end: float) -> list[Hit]:
-        with self._lock:
-            return [hit for hit in self.hits if start <= hit.at < end]
-
-    @staticmethod
-    def share(hits: list[Hit], color: str) -> float:
-        """Percentage of answered requests that `color` served."""
-        answered = [hit for hit in hits if hit.color is not None]
-        return 100.0 * sum(hit.color == color for hit in answered) / max(1, len(answered))
-
-
 class ReleaseStack:
-    """blue and green colours, nginx routing between them through the release router's upstream file, and
-    Prometheus scraping both every second. Blue starts live with all the traffic."""
+    """blue and green stand-in colours behind the devstack's release target: nginx routing between them
+    through the release router's upstream file, Prometheus scraping both every second. Blue starts live
+    with all the traffic."""
 
     def __init__(self) -> None:
-        self.colors = {color: ColorServer(color) for color in ("blue", "green")}
-        self.nginx = Nginx({"127.0.0.1:9": 1})  # placeholder upstream, replaced by the include below
-        self.prometheus: Prometheus | None = None
+        self.colors = {color: ColorServer(color) for color in COLORS}
+        self.target: ReleaseTarget | None = None
         self._exit = ExitStack()
 
     @property
-    def upstream_conf(self) -> str:
-        return str(self.nginx.tmp / "hotpot-upstream.conf")
+    def nginx(self) -> Nginx:
+        return self.target.nginx
+
+    @property
+    def prometheus(self) -> Prometheus:
+        return self.target.prometheus
 
     def router_resource(self) -> TrafficRouterResource:
-        tmp = self.nginx.tmp
-        return TrafficRouterResource(
-            kind="nginx",
-            nginx_upstream_conf=self.upstream_conf,
-            nginx_command=[
-                self.nginx.program,
-                "-p",
-                f"{tmp}/",
-                "-e",
-                f"{tmp}/logs/error.log",
-                "-c",
-                str(self.nginx.conf_path),
-            ],
-            nginx_pid_file=str(tmp / "nginx.pid"),
-            blue_servers=[self.colors["blue"].address],
-            green_servers=[self.colors["green"].address],
-        )
+        """The resource the code location builds from this target's environment."""
+        return traffic_router_resource(load_settings(self.target.env()))
 
     def router(self) -> NginxRouter:
         return self.router_resource().router()
@@ -253,19 +167,8 @@ class ReleaseStack:
         for server in self.colors.values():
             server.start()
             self._exit.callback(server.stop)
-        self._exit.enter_context(self.nginx)
-        # Written (and checked by nginx -t) before nginx.conf includes it, so the include never dangles.
-        self.router().apply(RouteState(live="blue", canary_weight=0))
-        # The devstack config with its inline upstream block swapped for the router's file.
-        conf = re.sub(
-            r"    upstream hotpot_api \{\n.*?    \}\n",
-            f"    include {self.upstream_conf};\n",
-            self.nginx.render_conf(),
-            flags=re.DOTALL,
-        )
-        self.nginx.reload(conf)
-        targets = {f"api-{color}": [server.address] for color, server in self.colors.items()}
-        self.prometheus = self._exit.enter_context(Prometheus(targets, scrape_interval="1s"))
+        addresses = {color: server.address for color, server in self.colors.items()}
+        self.target = self._exit.enter_context(ReleaseTarget(addresses))
         return self
 
     def stop(self) -> None:
@@ -279,7 +182,7 @@ class ReleaseStack:
 
     @contextmanager
     def traffic(self, rate: float = 80, max_seconds: float = 120, concurrency: int = 8) -> Iterator[Traffic]:
-        traffic = Traffic(self.nginx.url, rate, max_seconds, int(rate * max_seconds), concurrency).start()
+        traffic = Traffic(self.nginx.url, rate, max_seconds, concurrency).start()
         try:
             yield traffic
         finally:

@@ -12,7 +12,7 @@ from pydantic import Field
 from hotpot_orchestration.release.rollout.analysis import Prometheus
 from hotpot_orchestration.release.rollout.routers import Router
 from hotpot_orchestration.release.rollout.routers.kubernetes import KubernetesTarget
-from hotpot_orchestration.settings import ROUTERS
+from hotpot_orchestration.settings import ROUTERS, Settings
 
 
 class TrafficRouterResource(dg.ConfigurableResource):
@@ -78,6 +78,24 @@ class TrafficRouterResource(dg.ConfigurableResource):
         if self.kind == "gateway-api":
             return GatewayApiRouter(target, api_client(self.kube_api_url))
         raise ValueError(f"HOTPOT_ROUTER={self.kind!r} is not valid: expected one of {', '.join(ROUTERS)}")
+
+
+def traffic_router_resource(settings: Settings) -> TrafficRouterResource:
+    """The router HOTPOT_ROUTER names, with the nginx router's variables that are set (the rest keep the
+    defaults of a VM's own nginx)."""
+    nginx = {
+        "nginx_upstream_conf": settings.nginx_upstream_conf,
+        "nginx_command": settings.nginx_command,
+        "nginx_pid_file": settings.nginx_pid_file,
+        "blue_servers": settings.blue_servers,
+        "green_servers": settings.green_servers,
+    }
+    configured = {
+        field: [str(item) for item in value] if isinstance(value, tuple) else str(value)
+        for field, value in nginx.items()
+        if value is not None
+    }
+    return TrafficRouterResource(kind=settings.router, **configured)
 
 
 class CanaryPrometheusResource(dg.ConfigurableResource):
