@@ -116,3 +116,15 @@ def test_release_and_build_runs_get_the_release_service_account_on_kubernetes(de
         tags = repo.get_job(name).tags
         pod_config = json.loads(tags["dagster-k8s/config"])
         assert pod_config["pod_spec_config"]["service_account_name"] == RELEASE_SERVICE_ACCOUNT, name
+
+
+def test_loading_the_code_location_leaves_heavy_clients_unimported():
+    heavy = ["psycopg", "boto3", "botocore", "httpx", "kubernetes", "playwright"]
+    code = (
+        "import sys; from hotpot_orchestration.definitions import defs; "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "", f"imported at load time: {result.stdout.strip()}"

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from hotpot_orchestration.backups.backup import take_backup
 from hotpot_orchestration.backups.catalog import delete_backup, list_backups
 from hotpot_orchestration.backups.errors import BackupError, s3_errors
 from hotpot_orchestration.backups.retention import plan_retention
@@ -64,6 +63,9 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
     def postgres_backup(
         context: dg.AssetExecutionContext, postgres: PostgresResource, backup_storage: BackupStorageResource
     ) -> dg.MaterializeResult:
+        # Imported here: it brings psycopg, which the code location's load does not need.
+        from hotpot_orchestration.backups.backup import take_backup
+
         _refuse_stale_partition(context, datetime.now(UTC))
 
         def progress(done: Progress) -> None:
