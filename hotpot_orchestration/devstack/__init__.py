@@ -12,9 +12,9 @@ from .registry import Registry, push_test_image
 from .release_target import API_JOB, COLORS, ReleaseTarget
 from .s3 import S3Server
 from .sample import SAMPLE_DATABASE, seed_sample
-from .sample_api import SampleApi, compile_sample_app
+from .sample_api import SampleApi
 from .stack import BACKUP_BUCKET, DevStack
-from .traffic import Hit, Traffic
+from .traffic import Traffic
 
 __all__ = [
     "API_JOB",
@@ -22,7 +22,6 @@ __all__ = [
     "COLORS",
     "SAMPLE_DATABASE",
     "DevStack",
-    "Hit",
     "MissingProgram",
     "Nginx",
     "Postgres",
@@ -33,7 +32,6 @@ __all__ = [
     "SampleApi",
     "ServiceError",
     "Traffic",
-    "compile_sample_app",
     "free_port",
     "port_is_open",
     "push_test_image",
