@@ -22,16 +22,23 @@ class TrafficRouterResource(dg.ConfigurableResource):
     # nginx
     nginx_upstream_conf: str = Field(
         default="/etc/nginx/conf.d/hotpot-upstream.conf",
-        description="file holding `upstream hotpot_api {...}`, included by nginx.conf inside http {}",
+        description="file holding `upstream hotpot_api {...}`, included by nginx.conf inside http {} "
+        "(HOTPOT_NGINX_UPSTREAM_CONF)",
     )
     nginx_command: list[str] = Field(
-        default=["nginx"], description="argv prefix of nginx, e.g. [nginx, -p, PREFIX, -c, CONF]"
+        default=["nginx"],
+        description="argv prefix of nginx, e.g. [nginx, -p, PREFIX, -c, CONF] (HOTPOT_NGINX_COMMAND)",
     )
     nginx_pid_file: str | None = Field(
-        default="/run/nginx.pid", description="master pid file; set to wait for new workers after a reload"
+        default="/run/nginx.pid",
+        description="master pid file; set to wait for new workers after a reload (HOTPOT_NGINX_PID_FILE)",
     )
-    blue_servers: list[str] = Field(default=[], description="host:port of the blue colour's servers")
-    green_servers: list[str] = Field(default=[], description="host:port of the green colour's servers")
+    blue_servers: list[str] = Field(
+        default=[], description="host:port of blue's servers (HOTPOT_BLUE_SERVERS)"
+    )
+    green_servers: list[str] = Field(
+        default=[], description="host:port of green's servers (HOTPOT_GREEN_SERVERS)"
+    )
     # Kubernetes (ingress-nginx, gateway-api)
     kube_api_url: str | None = Field(
         default=None, description="API server URL; unset: in-cluster service account, else ~/.kube/config"
