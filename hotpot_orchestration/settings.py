@@ -2,8 +2,8 @@
 
 `load_settings()` runs when the code location loads, so a malformed value stops the load with a message
 that names the variable and the form it accepts, instead of failing a run hours later. Values that carry
-secrets (database URLs, AWS keys) are validated here but reach resources only through `EnvVar`, and are
-never echoed back in an error.
+secrets (database URLs, the registry password, the webhook URL) are validated here but reach resources only
+through `EnvVar`, and are never echoed back in an error. AWS credentials are left to boto3's own chain.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ SECRET_VARIABLES = frozenset(
     {
         "HOTPOT_DATABASE_URL",
         "HOTPOT_DRILL_DATABASE_URL",
-        "AWS_SECRET_ACCESS_KEY",
         "HOTPOT_ALERT_WEBHOOK_URL",
         "HOTPOT_REGISTRY_PASSWORD",
     }
