@@ -20,15 +20,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
-from hotpot_orchestration.backups.backup import take_backup
-from hotpot_orchestration.backups.catalog import latest_backup, record_verification
-from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.devstack import Postgres, S3Server
+from hotpot_orchestration.devstack.backups import take_verified_backup
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores import restore_drill
@@ -214,27 +211,6 @@ def seed_restore(postgres: Postgres, client, work: Path) -> dict[str, float]:
     return times
 
 
-def take_verified_backup(postgres: Postgres, s3: S3Server, client) -> int:
-    take_backup(
-        target=PgTarget.from_url(postgres.url_for(DATABASE)),
-        url_variable="HOTPOT_DATABASE_URL",
-        bin_dir=postgres.bin_dir,
-        client=client,
-        endpoint=s3.endpoint_url,
-        bucket=BUCKET,
-        prefix=PREFIX,
-        partition=datetime.now(UTC).strftime("%Y-%m-%d"),
-        encryption={},
-        log=lambda message: None,
-    )
-    backup = latest_backup(client, BUCKET, PREFIX, verified_only=False)
-    verdict = verify_backup(client, BUCKET, backup, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
-    if not verdict.ok:
-        raise SystemExit(f"the backup did not verify: {verdict.detail}")
-    record_verification(client, BUCKET, backup, ok=True, detail=verdict.detail, extra_args={})
-    return backup.manifest["dump_bytes"]
-
-
 def drill(postgres: Postgres, s3: S3Server) -> tuple[float, dict]:
     resources = {
         "postgres": PostgresResource(url=postgres.url_for(DATABASE), pg_bin_dir=str(postgres.bin_dir)),
@@ -288,7 +264,7 @@ def main() -> None:
             size = generate(postgres, args.gigabytes)
             print(f"  {size / 1e9:.2f} GB in {time.perf_counter() - started:.0f}s", flush=True)
             seed_bytes = seed_backup(postgres, client, work)
-            dump_bytes = take_verified_backup(postgres, s3, client)
+            dump_bytes = take_verified_backup(postgres, s3, BUCKET, DATABASE, PREFIX).manifest["dump_bytes"]
             print(f"backups: seed plain+gzip {seed_bytes / 1e6:.0f} MB, backup {dump_bytes / 1e6:.0f} MB")
             checkpoint(postgres)
 

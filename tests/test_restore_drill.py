@@ -14,17 +14,15 @@ import sys
 import textwrap
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from psycopg import sql
 
-from hotpot_orchestration.backups.backup import take_backup
-from hotpot_orchestration.backups.catalog import Backup, latest_backup, record_verification, write_manifest
-from hotpot_orchestration.backups.verify import verify_backup
+from hotpot_orchestration.backups.catalog import Backup, latest_backup, write_manifest
 from hotpot_orchestration.devstack import Postgres, seed_sample
+from hotpot_orchestration.devstack.backups import take_verified_backup
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores import (
@@ -78,27 +76,6 @@ def source(postgres, sample_database) -> str:
     return sample_database
 
 
-def take_verified_backup(postgres, s3, bucket: str, dbname: str) -> Backup:
-    client = s3.client()
-    take_backup(
-        target=PgTarget.from_url(postgres.url_for(dbname)),
-        url_variable="HOTPOT_DATABASE_URL",
-        bin_dir=postgres.bin_dir,
-        client=client,
-        endpoint=s3.endpoint_url,
-        bucket=bucket,
-        prefix=PREFIX,
-        partition=datetime.now(UTC).strftime("%Y-%m-%d"),
-        encryption={},
-        log=lambda message: None,
-    )
-    backup = latest_backup(client, bucket, PREFIX, verified_only=False, database=dbname)
-    verdict = verify_backup(client, bucket, backup, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
-    assert verdict.ok, verdict.detail
-    record_verification(client, bucket, backup, ok=True, detail=verdict.detail, extra_args={})
-    return latest_backup(client, bucket, PREFIX, database=dbname)
-
-
 def resources(postgres, s3, bucket: str, dbname: str) -> dict:
     bin_dir = str(postgres.bin_dir)
     return {
@@ -145,7 +122,7 @@ def check_evaluations(result) -> dict[str, object]:
 
 
 def test_drill_round_trips_a_backup_with_exact_counts(postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         [restore_drill, restore_drill_recent],
@@ -174,7 +151,7 @@ def test_drill_round_trips_a_backup_with_exact_counts(postgres, s3, bucket, sour
 
 
 def test_flipped_byte_fails_the_drill_before_pg_restore_runs(postgres, s3, bucket, source, monkeypatch):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     client = s3.client()
     dump = bytearray(client.get_object(Bucket=bucket, Key=backup.dump_key)["Body"].read())
     dump[len(dump) // 2] ^= 0x01
@@ -193,7 +170,7 @@ def test_flipped_byte_fails_the_drill_before_pg_restore_runs(postgres, s3, bucke
 
 
 def test_a_row_missing_against_the_manifest_fails_the_drill_naming_the_table(postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
 
     def expect_one_more_order(manifest):
         (orders,) = [t for t in manifest["tables"] if (t["schema"], t["name"]) == ("sales", "orders")]
@@ -222,7 +199,7 @@ def test_a_row_missing_against_the_manifest_fails_the_drill_naming_the_table(pos
 
 def test_a_dump_with_a_truncated_table_fails_verification(postgres, s3, bucket, source):
     """The dump matches its checksum but lost a table's rows (the manifest still counts them)."""
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     with postgres.connect(source) as conn:
         conn.execute("TRUNCATE sales.order_items")
     dump = subprocess.run(
@@ -282,7 +259,7 @@ def big_backup(postgres, s3, tmp_path_factory):
             "CREATE TABLE tickets AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 500000) g;"
             "ALTER TABLE tickets ADD PRIMARY KEY (id); CREATE INDEX ON tickets (note);"
         )
-    backup = take_verified_backup(postgres, s3, bucket, dbname)
+    backup = take_verified_backup(postgres, s3, bucket, dbname, PREFIX)
     args = {"endpoint": s3.endpoint_url, "bucket": bucket, "database": dbname, "server": postgres.url}
     work_dir = str(tmp_path_factory.mktemp("drill-work"))
     yield backup, {**args, "bin_dir": str(postgres.bin_dir), "work_dir": work_dir}
@@ -362,7 +339,7 @@ def test_missing_roles_are_handled_without_owners_and_named_with_them(postgres, 
     with postgres.connect(dbname) as conn:
         conn.execute(sql.SQL("ALTER TABLE sales.orders OWNER TO {}").format(sql.Identifier(owner)))
         conn.execute(sql.SQL("GRANT SELECT ON menu.menu_items TO {}").format(sql.Identifier(reader)))
-    backup = take_verified_backup(postgres, s3, bucket, dbname)
+    backup = take_verified_backup(postgres, s3, bucket, dbname, PREFIX)
     # The drill server does not know them.
     postgres.drop_database(dbname)
     with postgres.connect() as conn:
@@ -399,7 +376,7 @@ def older_postgres(postgres):
 
 @pytest.mark.slow
 def test_a_newer_dump_restores_into_an_older_server(postgres, older_postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     report = drill(postgres, s3, bucket, backup, server=PgTarget.from_url(older_postgres.url))
     assert report.passed, report.differences
     assert report.tables == len(backup.manifest["tables"])
@@ -423,7 +400,7 @@ def test_every_difference_is_listed_when_the_server_lacks_an_extension(
         available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
     if available:
         pytest.skip(f"PostgreSQL {older_postgres.version} here has the vector extension")
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     report = drill(postgres, s3, bucket, backup, server=PgTarget.from_url(older_postgres.url))
     assert not report.passed
     listed = "\n".join(report.differences)
@@ -439,7 +416,7 @@ def test_every_difference_is_listed_when_the_server_lacks_an_extension(
 
 @pytest.mark.slow
 def test_restore_job_puts_a_newer_dump_into_an_older_server(postgres, older_postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     result = restore_database_job.execute_in_process(
         run_config={
             "ops": {
@@ -492,7 +469,7 @@ def count(postgres, dbname: str, table: str) -> int:
 
 
 def test_restore_job_refusals_say_what_to_pass_and_touch_nothing(postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     target = f"busy_{uuid.uuid4().hex[:8]}"
     seed_sample(postgres, target)
     with postgres.connect(target) as conn:
@@ -526,7 +503,7 @@ def test_restore_job_refusals_say_what_to_pass_and_touch_nothing(postgres, s3, b
 
 
 def test_restore_job_replaces_a_confirmed_target_with_the_verified_backup(postgres, s3, bucket, source):
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     target = f"replaced_{uuid.uuid4().hex[:8]}"
     postgres.create_database(target)
     with postgres.connect(target) as conn:
@@ -568,7 +545,7 @@ def test_restore_job_replaces_a_confirmed_target_with_the_verified_backup(postgr
 
 def test_restore_job_restores_over_the_live_database_when_told_twice(postgres, s3, bucket, source):
     """The seed's restore-database.sh case: the backup goes back into HOTPOT_DATABASE_URL's database."""
-    backup = take_verified_backup(postgres, s3, bucket, source)
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
     with postgres.connect(source) as conn:
         conn.execute("DELETE FROM sales.order_items; DELETE FROM sales.orders")
     result = restore_job(
