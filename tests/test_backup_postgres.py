@@ -83,7 +83,7 @@ def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None):
         target=PgTarget.from_url(url or postgres.url_for(dbname)),
         url_variable="HOTPOT_DATABASE_URL",
         bin_dir=bin_dir or postgres.bin_dir,
-        client=s3.client(),
+        connect_s3=s3.client,
         endpoint=s3.endpoint_url,
         bucket=bucket,
         prefix=PREFIX,

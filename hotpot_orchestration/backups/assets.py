@@ -80,7 +80,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 target=postgres.target,
                 url_variable=URL_VARIABLE,
                 bin_dir=postgres.bin_dir(),
-                client=backup_storage.client(),
+                connect_s3=backup_storage.client,
                 endpoint=endpoint_of(backup_storage),
                 bucket=backup_storage.bucket,
                 prefix=backup_storage.prefix,
@@ -90,7 +90,9 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 on_progress=progress,
             )
         except (BackupError, PgToolError) as error:
-            raise failure(context, str(error), transient=getattr(error, "transient", False)) from None
+            # Notes say what was left behind when cleaning up after the failure failed too.
+            message = " ".join([str(error), *getattr(error, "__notes__", ())])
+            raise failure(context, message, transient=getattr(error, "transient", False)) from None
         seconds = time.monotonic() - started
         manifest = result.manifest
         context.log.info(

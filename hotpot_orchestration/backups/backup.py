@@ -2,13 +2,15 @@
 
 The order is what makes a backup trustworthy: the S3 object appears only after pg_dump exited 0 and every
 byte was uploaded, and the manifest (which is what makes a backup count) only after the object carries its
-SHA-256. Any failure before that aborts the multipart upload and stops pg_dump.
+SHA-256. Any failure before the object appears aborts the multipart upload and stops pg_dump; one after it
+(the row counts, the manifest) deletes the object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +114,42 @@ def _dump_failed(returncode: int, stderr: str, target: PgTarget, url_variable: s
     return type(classified)(f"pg_dump {how}; nothing was stored. {target.redact(stderr) or '(no output)'}")
 
 
+def _prepare_bucket(
+    connect_s3: Callable[[], Any], endpoint: str, bucket: str, prefix: str
+) -> tuple[Any, list[str]]:
+    """A client that reached the bucket, and what to log about it. Raises BackupError."""
+    client = connect_s3()
+    # Fails early, with S3's own error code, on a missing bucket or refused credentials.
+    with s3_errors(endpoint, f"listing s3://{bucket}/{prefix}"):
+        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    try:
+        with s3_errors(endpoint, f"setting the abort-incomplete-uploads lifecycle rule on s3://{bucket}"):
+            if ensure_abort_incomplete_uploads(client, bucket, prefix):
+                return client, [
+                    f"added a lifecycle rule to s3://{bucket} aborting incomplete uploads under {prefix!r}"
+                ]
+    except BackupError as error:
+        # A warning, not a missed backup: this backup aborts its own upload on failure either way.
+        return client, [f"WARNING: {error}"]
+    return client, []
+
+
+@contextlib.contextmanager
+def _side_threads() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="backup")
+    try:
+        yield pool
+    finally:
+        # After a failure, a bucket check still inside botocore's retries is not waited for.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def take_backup(
     *,
     target: PgTarget,
     url_variable: str,
     bin_dir: Path,
-    client,
+    connect_s3: Callable[[], Any],
     endpoint: str,
     bucket: str,
     prefix: str,
@@ -126,98 +158,105 @@ def take_backup(
     log: Callable[[str], None],
     on_progress: Callable[[Progress], None] | None = None,
 ) -> BackupResult:
-    """Dump `target` into `bucket` for `partition`; returns what was stored. Raises BackupError."""
-    try:
-        pg_dump = PgDump.in_dir(bin_dir)
-    except PgToolError as error:
-        raise BackupError(str(error)) from None
-    # Fails early, with S3's own error code, on a missing bucket or refused credentials.
-    with s3_errors(endpoint, f"listing s3://{bucket}/{prefix}"):
-        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
-    try:
-        with s3_errors(endpoint, f"setting the abort-incomplete-uploads lifecycle rule on s3://{bucket}"):
-            if ensure_abort_incomplete_uploads(client, bucket, prefix):
-                log(f"added a lifecycle rule to s3://{bucket} aborting incomplete uploads under {prefix!r}")
-    except BackupError as error:
-        # A warning, not a missed backup: this backup aborts its own upload on failure either way.
-        log(f"WARNING: {error}")
+    """Dump `target` into `bucket` for `partition`; returns what was stored. Raises BackupError.
 
-    with ExportedSnapshot(target, url_variable=url_variable) as snapshot:
-        refusal = pg_dump.refusal(snapshot.server_version, snapshot.server_major)
-        if refusal:
-            raise BackupError(refusal)
-        dump_key, manifest_key = backup_keys(prefix, target.dbname, partition, snapshot.created_at)
-        part_size = plan_part_size(expected_max_dump_bytes(snapshot.database_bytes))
-        log(
-            f"dumping {target.display} (PostgreSQL {snapshot.server_version}, {snapshot.database_bytes:,} "
-            f"bytes) with pg_dump {pg_dump.version} --compress={pg_dump.compression} into "
-            f"s3://{bucket}/{dump_key}, parts of {part_size // MiB} MiB"
-        )
-        command = [
-            str(pg_dump.path),
-            "--format=custom",
-            f"--compress={pg_dump.compression}",
-            f"--snapshot={snapshot.snapshot_id}",
-            "--no-password",
-        ]
-        metadata = {"database": target.dbname, "partition": partition, "compression": pg_dump.compression}
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts") as counter:
+    `connect_s3` returns an S3 client. It runs on a thread of its own, followed by the bucket's checks,
+    while pg_dump starts: importing boto3 and pg_dump's reading of the catalog each take a few hundred ms
+    and neither needs the other. Nothing is uploaded before the bucket passed its checks.
+    """
+    with _side_threads() as helpers:
+        bucket_ready = helpers.submit(_prepare_bucket, connect_s3, endpoint, bucket, prefix)
+        try:
+            pg_dump = PgDump.in_dir(bin_dir)
+        except PgToolError as error:
+            raise BackupError(str(error)) from None
+
+        with ExportedSnapshot(target, url_variable=url_variable) as snapshot:
+            refusal = pg_dump.refusal(snapshot.server_version, snapshot.server_major)
+            if refusal:
+                raise BackupError(refusal)
+            dump_key, manifest_key = backup_keys(prefix, target.dbname, partition, snapshot.created_at)
+            part_size = plan_part_size(expected_max_dump_bytes(snapshot.database_bytes))
+            command = [
+                str(pg_dump.path),
+                "--format=custom",
+                f"--compress={pg_dump.compression}",
+                f"--snapshot={snapshot.snapshot_id}",
+                "--no-password",
+            ]
+            metadata = {"database": target.dbname, "partition": partition, "compression": pg_dump.compression}
+            uploaded = None
             try:
-                with (
-                    running(command, target.env()) as (process, stderr),
-                    s3_errors(endpoint, f"uploading s3://{bucket}/{dump_key}"),
-                    MultipartUpload(
-                        client,
-                        bucket,
-                        dump_key,
-                        part_size=part_size,
-                        extra_args=encryption,
-                        on_progress=on_progress,
-                    ) as upload,
-                ):
-                    # Same snapshot as pg_dump, on the exporting connection, while the dump streams.
-                    counts = counter.submit(snapshot.inventory)
-                    upload.consume(process.stdout)
-                    returncode = process.wait()
-                    if returncode != 0:
-                        raise _dump_failed(returncode, stderr.text(), target, url_variable)
-                    if stderr.text():
-                        log(f"pg_dump warned: {target.redact(stderr.text())}")
-                    inventory = counts.result()
-                    uploaded = upload.complete(metadata)
-            except BaseException:
+                with running(command, target.env()) as (process, stderr):
+                    # pg_dump reads the catalog meanwhile; if the bucket cannot be used, it is killed unread.
+                    client, notes = bucket_ready.result()
+                    for note in notes:
+                        log(note)
+                    log(
+                        f"dumping {target.display} (PostgreSQL {snapshot.server_version}, "
+                        f"{snapshot.database_bytes:,} bytes) with pg_dump {pg_dump.version} "
+                        f"--compress={pg_dump.compression} into s3://{bucket}/{dump_key}, parts of "
+                        f"{part_size // MiB} MiB"
+                    )
+                    with (
+                        s3_errors(endpoint, f"uploading s3://{bucket}/{dump_key}"),
+                        MultipartUpload(
+                            client,
+                            bucket,
+                            dump_key,
+                            part_size=part_size,
+                            extra_args=encryption,
+                            on_progress=on_progress,
+                        ) as upload,
+                    ):
+                        upload.consume(process.stdout)
+                        returncode = process.wait()
+                        if returncode != 0:
+                            raise _dump_failed(returncode, stderr.text(), target, url_variable)
+                        if stderr.text():
+                            log(f"pg_dump warned: {target.redact(stderr.text())}")
+                        # The exact counts, in pg_dump's snapshot, are taken while S3 assembles the object:
+                        # during the dump their scans would take CPU from pg_dump's.
+                        counts = helpers.submit(snapshot.inventory)
+                        uploaded = upload.complete(metadata)
+                inventory = counts.result()
+                manifest = new_manifest(
+                    database=target.dbname,
+                    partition=partition,
+                    created_at=snapshot.created_at,
+                    dump_key=dump_key,
+                    dump_bytes=uploaded.bytes,
+                    sha256=uploaded.sha256,
+                    compression=pg_dump.compression,
+                    server_version=snapshot.server_version,
+                    server_version_num=snapshot.server_version_num,
+                    pg_dump_version=pg_dump.version,
+                    snapshot=snapshot.snapshot_id,
+                    tables=inventory.tables,
+                    sequences=inventory.sequences,
+                    extensions=inventory.extensions,
+                    large_objects=inventory.large_objects,
+                )
+                with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
+                    write_manifest(client, bucket, manifest_key, manifest, encryption)
+            except BaseException as error:
                 snapshot.cancel()  # the counts are of no use now: do not wait for them
+                if uploaded is not None:
+                    # A dump without its manifest is no backup: do not leave it behind looking like one.
+                    try:
+                        client.delete_object(Bucket=bucket, Key=dump_key)
+                    except Exception as delete_error:
+                        error.add_note(
+                            f"deleting s3://{bucket}/{dump_key}, a dump without a manifest, failed too "
+                            f"({delete_error}): delete it by hand, retention does not touch it"
+                        )
                 raise
 
-    manifest = new_manifest(
-        database=target.dbname,
-        partition=partition,
-        created_at=snapshot.created_at,
-        dump_key=dump_key,
-        dump_bytes=uploaded.bytes,
-        sha256=uploaded.sha256,
-        compression=pg_dump.compression,
-        server_version=snapshot.server_version,
-        server_version_num=snapshot.server_version_num,
-        pg_dump_version=pg_dump.version,
-        snapshot=snapshot.snapshot_id,
-        tables=inventory.tables,
-        sequences=inventory.sequences,
-        extensions=inventory.extensions,
-        large_objects=inventory.large_objects,
-    )
-    with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
-        try:
-            write_manifest(client, bucket, manifest_key, manifest, encryption)
-        except BaseException:
-            # A dump without its manifest is no backup: do not leave it behind looking like one.
-            client.delete_object(Bucket=bucket, Key=dump_key)
-            raise
-    return BackupResult(
-        bucket=bucket,
-        manifest=manifest,
-        manifest_key=manifest_key,
-        database_bytes=snapshot.database_bytes,
-        part_size=uploaded.part_size,
-        parts=uploaded.parts,
-    )
+        return BackupResult(
+            bucket=bucket,
+            manifest=manifest,
+            manifest_key=manifest_key,
+            database_bytes=snapshot.database_bytes,
+            part_size=uploaded.part_size,
+            parts=uploaded.parts,
+        )

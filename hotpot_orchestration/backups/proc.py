@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import subprocess
 import threading
 from collections.abc import Iterator
 
 # Kept from a child's stderr for failure messages: its last lines say why it stopped.
 STDERR_TAIL_BYTES = 8192
+# Linux pipes hold 64 KiB: a child writing into one blocks every 64 KiB until we read. 1 MiB (the most an
+# unprivileged process may ask for by default) lets pg_dump run ahead of our reads and uploads.
+PIPE_BYTES = 1024 * 1024
 
 
 class StderrTail(threading.Thread):
@@ -47,6 +51,11 @@ def running(
         stderr=subprocess.PIPE,
         env=env,
     )
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            # Not every kernel allows it (or has it); the default size works, only slower.
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     stderr = StderrTail(process.stderr)
     try:
         yield process, stderr

@@ -22,7 +22,7 @@ def take_verified_backup(postgres: Postgres, s3: S3Server, bucket: str, dbname: 
         target=PgTarget.from_url(postgres.url_for(dbname)),
         url_variable="HOTPOT_DATABASE_URL",
         bin_dir=postgres.bin_dir,
-        client=client,
+        connect_s3=lambda: client,
         endpoint=s3.endpoint_url,
         bucket=bucket,
         prefix=prefix,
