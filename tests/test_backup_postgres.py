@@ -301,6 +301,52 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
+def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postgres, s3, bucket, database):
+    """The counts run while S3 assembles the object; if they fail, the complete object is deleted again.
+
+    The test takes an exclusive lock on the table while pg_dump is streaming. The lock is granted when
+    pg_dump exits, so the count of that table waits on it; the test then terminates the counting backend.
+    """
+    run_sql(
+        postgres,
+        database,
+        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS payload "
+        "FROM generate_series(1, 800000) g",
+    )
+    client = s3.client()
+    terminated = []
+
+    def block_then_kill_the_count():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            time.sleep(0.02)
+        with postgres.connect(database) as locker, postgres.connect() as admin:
+            locker.execute("BEGIN")
+            locker.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")  # granted once pg_dump exits
+            while time.monotonic() < deadline and not terminated:
+                terminated.extend(
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+                        " AND wait_event_type = 'Lock' AND query LIKE 'SELECT count(*)%%'",
+                        (database,),
+                    ).fetchall()
+                )
+                time.sleep(0.02)
+            locker.execute("ROLLBACK")
+
+    killer = threading.Thread(target=block_then_kill_the_count)
+    killer.start()
+    try:
+        with pytest.raises(BackupError) as failure:
+            backup(postgres, s3, bucket, database)
+    finally:
+        killer.join()
+    assert terminated == [(True,)]
+    assert "reading the snapshot" in str(failure.value)
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_zstd_is_chosen_exactly_when_this_pg_dump_can_write_it(postgres, database, tmp_path):
     dumped = subprocess.run(
         [
