@@ -48,6 +48,8 @@ class Settings:
     backup_retention_days: int
     backup_min_keep: int
     backup_kms_key_id: str | None
+    # pg_dump's --compress; None: zstd where this pg_dump supports it, else gzip.
+    backup_compression: str | None
     timezone: str
     restore_drill_cron: str
     aws_endpoint_url: str | None
@@ -116,6 +118,17 @@ def _positive_int(value: str) -> int:
     if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
         raise ValueError("a whole number of at least 1")
     return int(value)
+
+
+_COMPRESSION_LEVELS = {"gzip": range(1, 10), "zstd": range(1, 23)}
+
+
+def _compression(value: str) -> str:
+    method, _, level = value.strip().partition(":")
+    levels = _COMPRESSION_LEVELS.get(method)
+    if levels is None or (level and not (level.isdigit() and int(level) in levels)):
+        raise ValueError("gzip or zstd, optionally with a level: gzip:1 to gzip:9, zstd:1 to zstd:22")
+    return value.strip()
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -220,6 +233,7 @@ _VARIABLES = {
     "HOTPOT_BACKUP_RETENTION_DAYS": ("backup_retention_days", _positive_int, 30),
     "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _positive_int, 7),
     "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
+    "HOTPOT_BACKUP_COMPRESSION": ("backup_compression", _compression, None),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
     # After the 02:00 nightly backup (and its verification) has finished.
     "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),

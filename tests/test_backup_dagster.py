@@ -95,7 +95,7 @@ def everything_recorded(result, instance) -> str:
 
 
 def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, bucket, sample_database):
-    environment(monkeypatch, postgres, s3, bucket, sample_database)
+    environment(monkeypatch, postgres, s3, bucket, sample_database, HOTPOT_BACKUP_COMPRESSION="gzip:6")
     result, instance = run_nightly()
     assert result.success
 
@@ -126,6 +126,7 @@ def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, buc
     assert meta["mb_per_second"] == pytest.approx(
         meta["dump_bytes"] / 1e6 / meta["duration_seconds"], rel=1e-2
     )
+    assert meta["compression"] == manifest["compression"] == head["Metadata"]["compression"] == "gzip:6"
     assert manifest["partition"] == materialization.partition
     assert manifest["dump_key"].startswith(
         f"{PREFIX}{sample_database}/{latest_partition()}/{sample_database}-"

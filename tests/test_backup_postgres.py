@@ -14,7 +14,7 @@ from hotpot_orchestration.backups.errors import BackupError, TransientBackupErro
 from hotpot_orchestration.backups.snapshot import ExportedSnapshot
 from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.devstack import free_port
-from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.platform.pg import PgTarget, PgToolError
 
 pytestmark = pytest.mark.slow
 
@@ -361,6 +361,41 @@ def test_zstd_is_chosen_exactly_when_this_pg_dump_can_write_it(postgres, databas
     )
     expected = ZSTD if dumped.returncode == 0 else GZIP
     assert PgDump.in_dir(postgres.bin_dir).compression == expected
+    # Asked for by name: the level the project uses; asked for where pg_dump cannot: refused, saying why.
+    assert PgDump.in_dir(postgres.bin_dir, "gzip").compression == GZIP
+    if dumped.returncode == 0:
+        assert PgDump.in_dir(postgres.bin_dir, "zstd:9").compression == "zstd:9"
+    else:
+        with pytest.raises(PgToolError, match="cannot write zstd: set HOTPOT_PG_BIN_DIR"):
+            PgDump.in_dir(postgres.bin_dir, "zstd:9")
+
+
+def test_the_configured_compression_is_used_and_recorded(postgres, s3, bucket, database):
+    run_sql(
+        postgres,
+        database,
+        "CREATE TABLE t AS SELECT g, md5(g::text) || repeat(' hotpot', g % 7) AS v"
+        " FROM generate_series(1, 20000) g",
+    )
+    sizes = {}
+    for compression in ("gzip:1", "gzip:9"):
+        result = take_backup(
+            target=PgTarget.from_url(postgres.url_for(database)),
+            url_variable="HOTPOT_DATABASE_URL",
+            bin_dir=postgres.bin_dir,
+            connect_s3=s3.client,
+            endpoint=s3.endpoint_url,
+            bucket=bucket,
+            prefix=PREFIX,
+            partition="2026-03-01",
+            encryption=SSE,
+            log=lambda message: None,
+            compression=compression,
+        )
+        head = s3.client().head_object(Bucket=bucket, Key=result.manifest["dump_key"])
+        assert result.manifest["compression"] == head["Metadata"]["compression"] == compression
+        sizes[compression] = result.dump_bytes
+    assert sizes["gzip:9"] < sizes["gzip:1"]  # the level reached pg_dump
 
 
 @pytest.mark.skipif(not (PG15 / "pg_dump").exists(), reason="no PostgreSQL 15 client installed")

@@ -14,6 +14,7 @@ def test_defaults_match_the_design():
     assert settings.image_repository == "thehotpotspot/api"
     assert (settings.image_builder, settings.router) == ("buildah", "nginx")
     assert settings.alert_webhook_url is None
+    assert settings.backup_compression is None  # zstd where pg_dump can write it, else gzip
     assert settings.app_source.name == "sample_app"
     # The nginx router keeps the resource's defaults: a VM's own nginx.
     assert settings.nginx_upstream_conf is settings.nginx_command is settings.blue_servers is None
@@ -29,8 +30,10 @@ def test_good_values_are_parsed():
             "HOTPOT_PROMETHEUS_URL": "http://127.0.0.1:9090/",
             "HOTPOT_ROUTER": "gateway-api",
             "HOTPOT_TIMEZONE": "Europe/Moscow",
+            "HOTPOT_BACKUP_COMPRESSION": "zstd:9",
         }
     )
+    assert settings.backup_compression == "zstd:9"
     assert settings.backup_prefix == "nightly/"
     assert settings.backup_retention_days == 45
     assert settings.prometheus_url == "http://127.0.0.1:9090"
@@ -89,6 +92,10 @@ def test_one_colour_without_the_other_is_refused():
         ("HOTPOT_GREEN_SERVERS", "10.0.0.21:99999", "expected a comma-separated list of HOST:PORT"),
         ("HOTPOT_BACKUP_RETENTION_DAYS", "-3", "expected a whole number of at least 1"),
         ("HOTPOT_BACKUP_MIN_KEEP", "seven", "expected a whole number of at least 1"),
+        ("HOTPOT_BACKUP_COMPRESSION", "brotli", "expected gzip or zstd, optionally with a level"),
+        ("HOTPOT_BACKUP_COMPRESSION", "gzip:0", "gzip:1 to gzip:9"),
+        ("HOTPOT_BACKUP_COMPRESSION", "zstd:23", "zstd:1 to zstd:22"),
+        ("HOTPOT_BACKUP_COMPRESSION", "gzip:fast", "gzip:1 to gzip:9"),
         ("HOTPOT_ROUTER", "traefik", "expected one of nginx, ingress-nginx, gateway-api"),
         ("HOTPOT_IMAGE_BUILDER", "podman", "expected one of buildah, docker, kaniko"),
         ("HOTPOT_PROMETHEUS_URL", "127.0.0.1:9090", "expected an http(s) URL"),

@@ -88,6 +88,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 encryption=backup_storage.encryption_args(),
                 log=context.log.info,
                 on_progress=progress,
+                compression=settings.backup_compression,
             )
         except (BackupError, PgToolError) as error:
             # Notes say what was left behind when cleaning up after the failure failed too.

@@ -48,10 +48,22 @@ class PgDump:
         return int(self.version.split(".")[0])
 
     @classmethod
-    def in_dir(cls, bin_dir: Path) -> PgDump:
+    def in_dir(cls, bin_dir: Path, compression: str | None = None) -> PgDump:
+        """pg_dump of `bin_dir`, set to write `compression` (HOTPOT_BACKUP_COMPRESSION's form: gzip, zstd,
+        either with `:LEVEL`), or when None the fastest it supports. Raises PgToolError if it cannot."""
         path = bin_dir / "pg_dump"
         version = tool_version(path)
-        return cls(path=path, version=version, compression=_best_compression(path, version))
+        if compression is None:
+            compression = ZSTD if _writes_zstd(path, version) else GZIP
+        elif compression in ("gzip", "zstd"):
+            compression = {"gzip": GZIP, "zstd": ZSTD}[compression]
+        if compression.startswith("zstd") and not _writes_zstd(path, version):
+            raise PgToolError(
+                f"HOTPOT_BACKUP_COMPRESSION asks for {compression}, but pg_dump {version} ({path}) cannot "
+                "write zstd: set HOTPOT_PG_BIN_DIR to a pg_dump 16 or newer built with zstd, or "
+                "HOTPOT_BACKUP_COMPRESSION to gzip"
+            )
+        return cls(path=path, version=version, compression=compression)
 
     def refusal(self, server_version: str, server_major: int) -> str | None:
         """Why this pg_dump must not dump a server of that version, or None."""
@@ -64,9 +76,9 @@ class PgDump:
         )
 
 
-def _best_compression(pg_dump: Path, version: str) -> str:
+def _writes_zstd(pg_dump: Path, version: str) -> bool:
     if int(version.split(".")[0]) < 16:
-        return GZIP
+        return False
     # A build without libzstd says so while checking its options, before it tries the (unreachable) server.
     probe = subprocess.run(
         [str(pg_dump), "--format=custom", f"--compress={ZSTD}", "--file=/dev/null", "--no-password"],
@@ -75,7 +87,7 @@ def _best_compression(pg_dump: Path, version: str) -> str:
         text=True,
         timeout=30,
     )
-    return GZIP if "does not support compression" in probe.stderr else ZSTD
+    return "does not support compression" not in probe.stderr
 
 
 @dataclass(frozen=True)
@@ -157,8 +169,11 @@ def take_backup(
     encryption: dict[str, str],
     log: Callable[[str], None],
     on_progress: Callable[[Progress], None] | None = None,
+    compression: str | None = None,
 ) -> BackupResult:
     """Dump `target` into `bucket` for `partition`; returns what was stored. Raises BackupError.
+
+    `compression` is pg_dump's (see `PgDump.in_dir`); None picks the fastest this pg_dump supports.
 
     `connect_s3` returns an S3 client. It runs on a thread of its own, followed by the bucket's checks,
     while pg_dump starts: importing boto3 and pg_dump's reading of the catalog each take a few hundred ms
@@ -167,7 +182,7 @@ def take_backup(
     with _side_threads() as helpers:
         bucket_ready = helpers.submit(_prepare_bucket, connect_s3, endpoint, bucket, prefix)
         try:
-            pg_dump = PgDump.in_dir(bin_dir)
+            pg_dump = PgDump.in_dir(bin_dir, compression)
         except PgToolError as error:
             raise BackupError(str(error)) from None
 
