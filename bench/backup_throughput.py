@@ -10,10 +10,11 @@
 Targets: c/a <= 1.25, c/b <= 0.6, peak RSS of the backing-up process < 250 MB. The time of the blocking
 check's work (the archive streamed back through pg_restore and compared) is printed beside, not in (c).
 Each way runs `--rounds` times, interleaved so that load from elsewhere on the machine hits all three
-alike; the best and the median time of each are compared. The database is the restore benchmark's
+alike; the best and the median time of each are compared, and (c) with the floor run just before it in
+the same round, whose ratios vary least with the machine's load. The database is the restore benchmark's
 generated restaurant data (bench/restore_rto.py), so both benchmarks measure the same realistic rows.
 
-    .venv/bin/python bench/backup_throughput.py [--gigabytes 1.0] [--rounds 2]
+    .venv/bin/python bench/backup_throughput.py [--gigabytes 1.0] [--rounds 5]
 """
 
 import argparse
@@ -128,7 +129,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--gigabytes", type=float, default=1.0, help="size of the generated database")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each way (best counts)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each way")
     args = parser.parse_args()
 
     with (
@@ -149,9 +150,9 @@ def main() -> None:
             # Each way starts with no dirty pages left to write back by the one before (the seed's plain
             # dump is hundreds of MB): the kernel's writeback would otherwise land in the next way's time.
             os.sync()
-            a.append(floor(postgres, client, compression))
-            os.sync()
             b.append(seed(postgres, client, Path(work)))
+            os.sync()
+            a.append(floor(postgres, client, compression))
             os.sync()
             c.append(ours(postgres, s3))
             if len(c) > 1:
@@ -159,8 +160,8 @@ def main() -> None:
                 # holding as much as theirs do (moto keeps a multipart object's parts in memory).
                 delete_backup(client, BUCKET, load_backup(client, BUCKET, PREFIX, c[-2]["manifest_key"]))
             print(
-                f"round {round_number}: floor {a[-1][0]:.1f} s, seed {b[-1][0]:.1f} s, "
-                f"postgres_backup {c[-1]['seconds']:.1f} s",
+                f"round {round_number}: seed {b[-1][0]:.1f} s, floor {a[-1][0]:.1f} s, "
+                f"postgres_backup {c[-1]['seconds']:.1f} s (c/a {c[-1]['seconds'] / a[-1][0]:.2f})",
                 flush=True,
             )
         best_a, best_b = min(a), min(b)
@@ -187,7 +188,13 @@ def main() -> None:
         median_b = statistics.median(seconds for seconds, _ in b)
         median_c = statistics.median(report["seconds"] for report in c)
         ratio_a, ratio_b = best_c["seconds"] / best_a[0], best_c["seconds"] / best_b[0]
-        print(f"c/a = {ratio_a:.2f} best, {median_c / median_a:.2f} median  (target <= 1.25)")
+        paired = statistics.median(
+            report["seconds"] / seconds for report, (seconds, _) in zip(c, a, strict=True)
+        )
+        print(
+            f"c/a = {ratio_a:.2f} best, {median_c / median_a:.2f} median, {paired:.2f} median of the rounds' "
+            "own ratios  (target <= 1.25)"
+        )
         print(f"c/b = {ratio_b:.2f} best, {median_c / median_b:.2f} median  (target <= 0.60)")
         print(
             f"peak RSS of the backing-up process: {peak_rss:.0f} MB (target < 250 MB; "
