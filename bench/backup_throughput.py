@@ -10,9 +10,10 @@
 Targets: c/a <= 1.25, c/b <= 0.6, peak RSS of the backing-up process < 250 MB. The time of the blocking
 check's work (the archive streamed back through pg_restore and compared) is printed beside, not in (c).
 Each way runs `--rounds` times, interleaved so that load from elsewhere on the machine hits all three
-alike; the best and the median time of each are compared, and (c) with the floor run just before it in
-the same round, whose ratios vary least with the machine's load. The database is the restore benchmark's
-generated restaurant data (bench/restore_rto.py), so both benchmarks measure the same realistic rows.
+alike, each round starting with a different one; the best and the median time of each are compared, and
+each round's (c) with the same round's floor, whose ratios vary least with the machine's load. The
+database is the restore benchmark's generated restaurant data (bench/restore_rto.py), so both benchmarks
+measure the same realistic rows.
 
     .venv/bin/python bench/backup_throughput.py [--gigabytes 1.0] [--rounds 5]
 """
@@ -146,21 +147,29 @@ def main() -> None:
         client = s3.client()
         compression = PgDump.in_dir(postgres.bin_dir).compression
         a, b, c = [], [], []
-        for round_number in range(1, args.rounds + 1):
-            # Each way starts with no dirty pages left to write back by the one before (the seed's plain
-            # dump is hundreds of MB): the kernel's writeback would otherwise land in the next way's time.
-            os.sync()
-            b.append(seed(postgres, client, Path(work)))
-            os.sync()
-            a.append(floor(postgres, client, compression))
-            os.sync()
+
+        def run_ours() -> None:
             c.append(ours(postgres, s3))
             if len(c) > 1:
                 # The floor's and the seed's objects are overwritten each round; this keeps the S3 server
                 # holding as much as theirs do (moto keeps a multipart object's parts in memory).
                 delete_backup(client, BUCKET, load_backup(client, BUCKET, PREFIX, c[-2]["manifest_key"]))
+
+        ways = [
+            lambda: a.append(floor(postgres, client, compression)),
+            run_ours,
+            lambda: b.append(seed(postgres, client, Path(work))),
+        ]
+        for round_number in range(1, args.rounds + 1):
+            # Each round starts with a different way: whichever runs just after the seed (which writes and
+            # deletes a plain dump of hundreds of MB) is slowed by the kernel's work on those files.
+            shift = (round_number - 1) % len(ways)
+            for way in ways[shift:] + ways[:shift]:
+                # Nor is the writeback of one way's dirty pages left to land in the next one's time.
+                os.sync()
+                way()
             print(
-                f"round {round_number}: seed {b[-1][0]:.1f} s, floor {a[-1][0]:.1f} s, "
+                f"round {round_number}: floor {a[-1][0]:.1f} s, seed {b[-1][0]:.1f} s, "
                 f"postgres_backup {c[-1]['seconds']:.1f} s (c/a {c[-1]['seconds'] / a[-1][0]:.2f})",
                 flush=True,
             )
