@@ -72,6 +72,19 @@ def database(postgres):
     postgres.drop_database(name)
 
 
+# About 40 MB of dump: several 8 MiB parts, so the dump is surely still streaming after the first one.
+BIG_TABLE = (
+    "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS payload "
+    "FROM generate_series(1, 800000) g"
+)
+
+
+def assert_nothing_stored(client, bucket: str) -> None:
+    """Neither an object nor an upload with parts is left in the bucket."""
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def run_sql(postgres, dbname: str, script: str) -> None:
     with postgres.connect(dbname) as conn:
         conn.execute(script)
@@ -258,13 +271,7 @@ def test_a_damaged_archive_fails_verification(postgres, s3, bucket, database, da
 
 
 def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3, bucket, database):
-    # About 40 MB of dump: several 8 MiB parts, so the dump is surely still streaming after the first one.
-    run_sql(
-        postgres,
-        database,
-        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS payload "
-        "FROM generate_series(1, 800000) g",
-    )
+    run_sql(postgres, database, BIG_TABLE)
     client = s3.client()
     terminated = []
 
@@ -297,8 +304,7 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     assert "pg_dump exited with code 1" in message and "nothing was stored" in message
     assert "terminat" in message  # pg_dump's own reason, from its stderr
     assert postgres.password not in message
-    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert_nothing_stored(client, bucket)
 
 
 def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postgres, s3, bucket, database):
@@ -307,12 +313,7 @@ def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postg
     The test takes an exclusive lock on the table while pg_dump is streaming. The lock is granted when
     pg_dump exits, so the count of that table waits on it; the test then terminates the counting backend.
     """
-    run_sql(
-        postgres,
-        database,
-        "CREATE TABLE big AS SELECT g AS id, md5(g::text) || md5((g * 31)::text) AS payload "
-        "FROM generate_series(1, 800000) g",
-    )
+    run_sql(postgres, database, BIG_TABLE)
     client = s3.client()
     terminated = []
 
@@ -343,8 +344,7 @@ def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postg
         killer.join()
     assert terminated == [(True,)]
     assert "reading the snapshot" in str(failure.value)
-    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert_nothing_stored(client, bucket)
 
 
 def test_zstd_is_chosen_exactly_when_this_pg_dump_can_write_it(postgres, database, tmp_path):
@@ -406,8 +406,7 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(postgres, s3,
     assert "pg_dump 15." in message and f"PostgreSQL {postgres.version}." in message
     assert "HOTPOT_PG_BIN_DIR" in message
     client = s3.client()
-    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
-    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert_nothing_stored(client, bucket)
 
 
 def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3, bucket, database):
