@@ -76,10 +76,7 @@ def ours(postgres: Postgres, s3: S3Server) -> dict:
         HOTPOT_PG_BIN_DIR=str(postgres.bin_dir),
         HOTPOT_BACKUP_BUCKET=BUCKET,
         HOTPOT_BACKUP_PREFIX=PREFIX,
-        AWS_ENDPOINT_URL=s3.endpoint_url,
-        AWS_ACCESS_KEY_ID=s3.access_key,
-        AWS_SECRET_ACCESS_KEY=s3.secret_key,
-        AWS_REGION=s3.region,
+        **s3.env(),
     )
     started = time.perf_counter()
     child = subprocess.Popen(

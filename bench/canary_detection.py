@@ -26,8 +26,8 @@ import dagster as dg
 
 from hotpot_orchestration.devstack import Registry, S3Server
 from hotpot_orchestration.release.rollout.localstack import (
-    SELECTOR,
     ReleaseStack,
+    local_plan,
     release_definitions,
     release_spec,
 )
@@ -36,25 +36,6 @@ FAULTS = {
     "5xx on 8 % of requests": ("fault_5xx_ratio", 0.08),
     "+300 ms latency": ("fault_latency", 0.3),
 }
-
-
-def plan(interval: float) -> str:
-    return f"""
-analysis:
-  interval: {interval}s
-  watch_every: 1s
-  min_requests: 15
-  max_inconclusive: 2
-  selector: '{SELECTOR}'
-  metrics:
-    error_ratio: {{threshold: 0.1, max_increase_over_stable: 0.02}}
-    latency_p95: {{threshold: 1.0, max_increase_over_stable: 0.25}}
-approval_timeout: 1m
-health_timeout: 5s
-steps:
-  - {{weight: 20, pause: 120s}}
-blue_green: {{analysis: 10s, scale_down_delay: 1s}}
-"""
 
 
 def observations(instance, run_id: str) -> list:
@@ -117,7 +98,14 @@ def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "devstack-access-key")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "devstack-secret-key")
     with ReleaseStack() as stack, Registry() as registry, S3Server() as s3:
-        spec = release_spec(stack, registry, s3, plan(args.interval))
+        spec = release_spec(
+            stack,
+            registry,
+            s3,
+            local_plan(
+                args.interval, ["{weight: 20, pause: 120s}"], approval_timeout="1m", blue_green_analysis="10s"
+            ),
+        )
         print(f"analysis interval {args.interval:g}s, canary at 20 %, ~80 requests/s, Prometheus scrape 1s")
         for name, (attribute, value) in FAULTS.items():
             results = [trial(stack, spec, attribute, value, args.interval) for _ in range(args.trials)]

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from test_backup_storage import FOREIGN_KEYS, put_foreign_keys, store_backup
+from test_backup_storage import FOREIGN_KEYS, put_foreign_keys
 
 from hotpot_orchestration.backups import build_defs
 from hotpot_orchestration.backups.assets import backup_partitions
@@ -15,6 +15,7 @@ from hotpot_orchestration.backups.catalog import list_backups, read_manifest
 from hotpot_orchestration.backups.checks import FRESH, VALID
 from hotpot_orchestration.definitions import build_resources
 from hotpot_orchestration.devstack import S3Server
+from hotpot_orchestration.devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.settings import load_settings
 
@@ -38,10 +39,7 @@ def environment(monkeypatch, postgres, s3, bucket, dbname, **extra):
         "HOTPOT_PG_BIN_DIR": str(postgres.bin_dir),
         "HOTPOT_BACKUP_BUCKET": bucket,
         "HOTPOT_BACKUP_PREFIX": PREFIX,
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_REGION": s3.region,
+        **s3.env(),
         **extra,
     }
     for name, value in env.items():
@@ -211,8 +209,12 @@ def test_retention_on_40_nights_with_the_newest_10_failed(monkeypatch, postgres,
     put_foreign_keys(client, bucket)
     now = datetime.now(UTC).replace(microsecond=0)
     for age in range(40):
-        store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(days=age, hours=1), ok=age >= 10)
-    other_database = store_backup(client, bucket, PREFIX, "analytics", now - timedelta(days=90), ok=True)
+        write_backup_record(
+            client, bucket, PREFIX, "hotpot", now - timedelta(days=age, hours=1), ok=age >= 10
+        )
+    other_database = write_backup_record(
+        client, bucket, PREFIX, "analytics", now - timedelta(days=90), ok=True
+    )
 
     result = run_selection(dg.AssetSelection.assets("backup_retention"))
     assert result.success
@@ -234,8 +236,8 @@ def test_freshness_check_fails_when_the_latest_verified_backup_is_older_than_26_
     environment(monkeypatch, postgres, s3, bucket, "hotpot")
     client = s3.client()
     now = datetime.now(UTC)
-    store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(hours=27), ok=True)
-    store_backup(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=False)
+    write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=27), ok=True)
+    write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=False)
     result = run_selection(dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("postgres_backup"), FRESH)))
     [evaluation] = result.get_asset_check_evaluations()
     assert evaluation.check_name == FRESH and not evaluation.passed

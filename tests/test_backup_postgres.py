@@ -90,7 +90,7 @@ def run_sql(postgres, dbname: str, script: str) -> None:
         conn.execute(script)
 
 
-def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None):
+def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None, compression=None):
     logs = []
     result = take_backup(
         target=PgTarget.from_url(url or postgres.url_for(dbname)),
@@ -103,8 +103,21 @@ def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None):
         partition="2026-03-01",
         encryption=SSE,
         log=logs.append,
+        compression=compression,
     )
     return result, logs
+
+
+def backup_failing_while(interfere, postgres, s3, bucket, dbname) -> BackupError:
+    """The error of a backup of `dbname` taken while `interfere()` runs on a thread of its own."""
+    meddler = threading.Thread(target=interfere)
+    meddler.start()
+    try:
+        with pytest.raises(BackupError) as failure:
+            backup(postgres, s3, bucket, dbname)
+    finally:
+        meddler.join()
+    return failure.value
 
 
 def fingerprint(postgres, dbname: str) -> dict:
@@ -292,15 +305,8 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
                     return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=terminate_after_first_part)
-    killer.start()
-    try:
-        with pytest.raises(BackupError) as failure:
-            backup(postgres, s3, bucket, database)
-    finally:
-        killer.join()
+    message = str(backup_failing_while(terminate_after_first_part, postgres, s3, bucket, database))
     assert terminated == [(True,)]
-    message = str(failure.value)
     assert "pg_dump exited with code 1" in message and "nothing was stored" in message
     assert "terminat" in message  # pg_dump's own reason, from its stderr
     assert postgres.password not in message
@@ -335,15 +341,9 @@ def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postg
                 time.sleep(0.02)
             locker.execute("ROLLBACK")
 
-    killer = threading.Thread(target=block_then_kill_the_count)
-    killer.start()
-    try:
-        with pytest.raises(BackupError) as failure:
-            backup(postgres, s3, bucket, database)
-    finally:
-        killer.join()
+    failure = backup_failing_while(block_then_kill_the_count, postgres, s3, bucket, database)
     assert terminated == [(True,)]
-    assert "reading the snapshot" in str(failure.value)
+    assert "reading the snapshot" in str(failure)
     assert_nothing_stored(client, bucket)
 
 
@@ -379,19 +379,7 @@ def test_the_configured_compression_is_used_and_recorded(postgres, s3, bucket, d
     )
     sizes = {}
     for compression in ("gzip:1", "gzip:9"):
-        result = take_backup(
-            target=PgTarget.from_url(postgres.url_for(database)),
-            url_variable="HOTPOT_DATABASE_URL",
-            bin_dir=postgres.bin_dir,
-            connect_s3=s3.client,
-            endpoint=s3.endpoint_url,
-            bucket=bucket,
-            prefix=PREFIX,
-            partition="2026-03-01",
-            encryption=SSE,
-            log=lambda message: None,
-            compression=compression,
-        )
+        result, _ = backup(postgres, s3, bucket, database, compression=compression)
         head = s3.client().head_object(Bucket=bucket, Key=result.manifest["dump_key"])
         assert result.manifest["compression"] == head["Metadata"]["compression"] == compression
         sizes[compression] = result.dump_bytes

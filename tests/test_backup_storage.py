@@ -9,13 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hotpot_orchestration.backups.catalog import (
-    backup_keys,
     latest_backup,
     list_backups,
     load_backup,
-    new_manifest,
     record_verification,
-    write_manifest,
 )
 from hotpot_orchestration.backups.stream import (
     ABORT_RULE_ID,
@@ -23,6 +20,7 @@ from hotpot_orchestration.backups.stream import (
     MultipartUpload,
     ensure_abort_incomplete_uploads,
 )
+from hotpot_orchestration.devstack.backups import write_backup_record
 
 SSE = {"ServerSideEncryption": "AES256"}
 
@@ -131,34 +129,6 @@ def test_an_existing_bucket_wide_abort_rule_is_enough(s3, bucket):
     assert ensure_abort_incomplete_uploads(client, bucket, "database/") is False
 
 
-def store_backup(client, bucket, prefix, database, created_at, *, ok=None):
-    """A backup as postgres_backup stores it (dump object + manifest), with a verification outcome."""
-    partition = created_at.date().isoformat()
-    dump_key, manifest_key = backup_keys(prefix, database, partition, created_at)
-    client.put_object(Bucket=bucket, Key=dump_key, Body=b"PGDMP", Metadata={"sha256": "0" * 64})
-    manifest = new_manifest(
-        database=database,
-        partition=partition,
-        created_at=created_at,
-        dump_key=dump_key,
-        dump_bytes=5,
-        sha256="0" * 64,
-        compression="gzip:6",
-        server_version="18.6",
-        server_version_num=180006,
-        pg_dump_version="18.6",
-        snapshot="00000003-00000002-1",
-        tables=[],
-        sequences=[],
-        extensions=[],
-        large_objects=0,
-    )
-    if ok is not None:
-        manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": ok, "detail": "test"}
-    write_manifest(client, bucket, manifest_key, manifest, {})
-    return dump_key, manifest_key
-
-
 FOREIGN_KEYS = [
     "database/README.txt",
     "database/hotpot/notes.txt",
@@ -180,10 +150,10 @@ def test_listing_returns_only_our_backups_oldest_first(s3, bucket):
     client = s3.client()
     put_foreign_keys(client, bucket)
     now = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
-    newest_good = store_backup(client, bucket, "database/", "hotpot", now - timedelta(days=1), ok=True)
-    store_backup(client, bucket, "database/", "hotpot", now, ok=False)
-    store_backup(client, bucket, "database/", "hotpot", now - timedelta(days=2), ok=None)
-    store_backup(client, bucket, "database/", "analytics", now, ok=True)
+    newest_good = write_backup_record(client, bucket, "database/", "hotpot", now - timedelta(days=1), ok=True)
+    write_backup_record(client, bucket, "database/", "hotpot", now, ok=False)
+    write_backup_record(client, bucket, "database/", "hotpot", now - timedelta(days=2), ok=None)
+    write_backup_record(client, bucket, "database/", "analytics", now, ok=True)
 
     backups = list_backups(client, bucket, "database/", "hotpot")
     assert [b.created_at for b in backups] == [now - timedelta(days=d) for d in (2, 1, 0)]
@@ -201,7 +171,9 @@ def test_listing_returns_only_our_backups_oldest_first(s3, bucket):
 
 def test_verification_is_recorded_in_the_manifest(s3, bucket):
     client = s3.client()
-    _, manifest_key = store_backup(client, bucket, "database/", "hotpot", datetime(2026, 3, 1, tzinfo=UTC))
+    _, manifest_key = write_backup_record(
+        client, bucket, "database/", "hotpot", datetime(2026, 3, 1, tzinfo=UTC)
+    )
     backup = load_backup(client, bucket, "database/", manifest_key)
     assert not backup.verified
     record_verification(client, bucket, backup, ok=True, detail="read in full", extra_args=SSE)

@@ -41,7 +41,7 @@ def test_postgres_answers_sql_and_does_not_run_as_root(postgres):
         assert conn.execute("SELECT 40 + 2").fetchone() == (42,)
         backend_pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         assert conn.info.server_version // 10000 == postgres.version
-    assert _uid_of(backend_pid) != 0
+        assert _uid_of(backend_pid) != 0  # while connected: the backend exits with the connection
     assert postgres.host == "127.0.0.1"
 
 

@@ -138,10 +138,7 @@ def test_age_checks_job_flags_a_pipeline_that_stopped(postgres, s3, monkeypatch)
     env = {
         "HOTPOT_DATABASE_URL": postgres.url,
         "HOTPOT_BACKUP_BUCKET": bucket,
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
-        "AWS_ACCESS_KEY_ID": s3.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-        "AWS_DEFAULT_REGION": s3.region,
+        **s3.env(),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -28,8 +28,8 @@ import pytest
 
 from hotpot_orchestration.devstack import Traffic
 from hotpot_orchestration.release.rollout.localstack import (
-    SELECTOR,
     ReleaseStack,
+    local_plan,
     release_definitions,
     release_spec,
 )
@@ -38,26 +38,7 @@ from hotpot_orchestration.release.rollout.routers import RouteState
 from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 
 INTERVAL = 2.0
-PLAN = f"""
-analysis:
-  interval: {INTERVAL}s
-  window: 3s
-  watch_every: 1s
-  min_requests: 15
-  max_inconclusive: 2
-  selector: '{SELECTOR}'
-  metrics:
-    error_ratio: {{threshold: 0.1, max_increase_over_stable: 0.02}}
-    latency_p95: {{threshold: 1.0, max_increase_over_stable: 0.25}}
-approval_timeout: 20s
-health_timeout: 5s
-steps:
-  - {{weight: 20, pause: 4s}}
-  - {{weight: 40, pause: 4s}}
-  - {{weight: 60, pause: 4s}}
-  - {{weight: 80, pause: 4s}}
-blue_green: {{analysis: 4s, scale_down_delay: 1s}}
-"""
+PLAN = local_plan(INTERVAL, [f"{{weight: {weight}, pause: 4s}}" for weight in (20, 40, 60, 80)], window=3.0)
 STEP_LOG = re.compile(r"^step \d+ \(weight (?P<weight>\d+)\): \d+ % of traffic on ")
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "devstack-access-key", "AWS_SECRET_ACCESS_KEY": "devstack-secret-key"}
 
@@ -184,21 +165,21 @@ def failed_fast(instance, result, stack, traffic) -> str:
     return message
 
 
-def test_a_canary_returning_some_5xx_is_caught_and_traffic_returns_to_stable(stack, spec, instance):
-    # 8 %: under the seed's 0.1 threshold, so it is the comparison with stable (0 %) that catches it
-    stack.colors["green"].fault_5xx_ratio = 0.08
+@pytest.mark.parametrize(
+    ("fault", "value", "metric"),
+    [
+        # 8 %: under the seed's 0.1 threshold, so it is the comparison with stable (0 %) that catches it
+        ("fault_5xx_ratio", 0.08, "error_ratio"),
+        ("fault_latency", 0.3, "latency_p95"),
+    ],
+    ids=["some 5xx", "slow"],
+)
+def test_a_bad_canary_is_caught_and_traffic_returns_to_stable(stack, spec, instance, fault, value, metric):
+    setattr(stack.colors["green"], fault, value)
     with stack.traffic() as traffic:
         result = execute(spec, instance)
         message = failed_fast(instance, result, stack, traffic)
-    assert "error_ratio" in message
-
-
-def test_a_slow_canary_is_caught_and_traffic_returns_to_stable(stack, spec, instance):
-    stack.colors["green"].fault_latency = 0.3
-    with stack.traffic() as traffic:
-        result = execute(spec, instance)
-        message = failed_fast(instance, result, stack, traffic)
-    assert "latency_p95" in message
+    assert metric in message
 
 
 def test_a_canary_without_traffic_is_never_promoted(stack, spec, instance):
@@ -311,11 +292,7 @@ def weight_switch_at(instance, run_id: str) -> float:
     )
 
 
-GATED_PLAN = (
-    PLAN.split("steps:")[0]
-    + "steps:\n  - {weight: 20, pause: 4s, gate: manual}\n"
-    + ("blue_green:" + PLAN.split("blue_green:")[1])
-)
+GATED_PLAN = local_plan(INTERVAL, ["{weight: 20, pause: 4s, gate: manual}"], window=3.0)
 
 
 def test_a_manual_gate_waits_for_the_operators_approval(stack, spec, instance):

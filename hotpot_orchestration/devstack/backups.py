@@ -1,6 +1,8 @@
-"""A verified backup of a devstack database, as the nightly job leaves one, for drills in tests and benches.
+"""Backups as the nightly job leaves them, for tests and benches, without Dagster.
 
-Takes the backup and runs the archive check, recording its verdict in the manifest, without Dagster.
+`take_verified_backup` takes a real backup of a devstack database and runs the archive check on it;
+`write_backup_record` writes only what the catalog reads (a stand-in dump object and its manifest), for
+retention, freshness and release gates, which never open the dump.
 """
 
 from __future__ import annotations
@@ -8,7 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from hotpot_orchestration.backups.backup import take_backup
-from hotpot_orchestration.backups.catalog import Backup, latest_backup, record_verification
+from hotpot_orchestration.backups.catalog import (
+    Backup,
+    backup_keys,
+    latest_backup,
+    new_manifest,
+    record_verification,
+    write_manifest,
+)
 from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.platform.pg import PgTarget
 
@@ -36,3 +45,34 @@ def take_verified_backup(postgres: Postgres, s3: S3Server, bucket: str, dbname: 
         raise RuntimeError(f"the backup of {dbname} did not verify: {verdict.detail}")
     record_verification(client, bucket, backup, ok=True, detail=verdict.detail, extra_args={})
     return latest_backup(client, bucket, prefix, database=dbname)
+
+
+def write_backup_record(
+    client, bucket: str, prefix: str, database: str, created_at: datetime, *, ok: bool | None = None
+) -> tuple[str, str]:
+    """A backup's dump key (holding a stand-in archive) and manifest key, as `postgres_backup` writes them;
+    `ok` is the archive check's verdict, None when it has not run. Returns (dump key, manifest key)."""
+    partition = created_at.date().isoformat()
+    dump_key, manifest_key = backup_keys(prefix, database, partition, created_at)
+    client.put_object(Bucket=bucket, Key=dump_key, Body=b"PGDMP", Metadata={"sha256": "0" * 64})
+    manifest = new_manifest(
+        database=database,
+        partition=partition,
+        created_at=created_at,
+        dump_key=dump_key,
+        dump_bytes=5,
+        sha256="0" * 64,
+        compression="gzip:6",
+        server_version="18.6",
+        server_version_num=180006,
+        pg_dump_version="18.6",
+        snapshot="00000003-00000002-1",
+        tables=[],
+        sequences=[],
+        extensions=[],
+        large_objects=0,
+    )
+    if ok is not None:
+        manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": ok, "detail": "test"}
+    write_manifest(client, bucket, manifest_key, manifest, {})
+    return dump_key, manifest_key

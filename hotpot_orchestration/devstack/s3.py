@@ -33,6 +33,16 @@ class S3Server(Service):
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def env(self) -> dict[str, str]:
+        """The AWS variables that point boto3 (and the code location) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,  # the name boto3 itself reads
+        }
+
     def client(self, **kwargs):
         """A boto3 S3 client for this server; `kwargs` go to `boto3.client` (e.g. `config=`)."""
         import boto3  # imported on use: slow to import, and most devstack users never need it

@@ -98,11 +98,7 @@ class DevStack:
             "HOTPOT_DRILL_DATABASE_URL": self.postgres.url,
             "HOTPOT_PG_BIN_DIR": str(self.postgres.bin_dir),
             "HOTPOT_BACKUP_BUCKET": BACKUP_BUCKET,
-            "AWS_ENDPOINT_URL": self.s3.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.s3.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
-            "AWS_REGION": self.s3.region,
-            "AWS_DEFAULT_REGION": self.s3.region,  # the name boto3 itself reads
+            **self.s3.env(),
             "HOTPOT_REGISTRY": self.registry.host,
             # The release router and canary analysis: this nginx, the sample app's colours, this Prometheus.
             **self._target().env(),

@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
-from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
 from hotpot_orchestration.devstack import COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
+from hotpot_orchestration.devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout import build_rollout_defs
@@ -42,6 +42,35 @@ from hotpot_orchestration.settings import load_settings
 SELECTOR = load_plan().analysis.selector
 # Prometheus client libraries' default buckets.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def local_plan(
+    interval: float,
+    steps: list[str],
+    *,
+    window: float | None = None,
+    approval_timeout: str = "20s",
+    blue_green_analysis: str = "4s",
+) -> str:
+    """A rollout plan for this stack: the default plan's selector and thresholds on a scale of seconds.
+    `steps` are YAML flow mappings such as '{weight: 20, pause: 4s}'; the window defaults to the interval."""
+    window_line = f"\n  window: {window}s" if window is not None else ""
+    step_lines = "".join(f"\n  - {step}" for step in steps)
+    return f"""
+analysis:
+  interval: {interval}s{window_line}
+  watch_every: 1s
+  min_requests: 15
+  max_inconclusive: 2
+  selector: '{SELECTOR}'
+  metrics:
+    error_ratio: {{threshold: 0.1, max_increase_over_stable: 0.02}}
+    latency_p95: {{threshold: 1.0, max_increase_over_stable: 0.25}}
+approval_timeout: {approval_timeout}
+health_timeout: 5s
+steps:{step_lines}
+blue_green: {{analysis: {blue_green_analysis}, scale_down_delay: 1s}}
+"""
 
 
 class ColorServer:
@@ -189,31 +218,6 @@ class ReleaseStack:
             traffic.stop()
 
 
-def write_verified_backup(client, bucket: str, prefix: str, created_at: datetime) -> None:
-    """A backup manifest as the nightly job leaves it once verified (the dump itself is not needed)."""
-    partition = created_at.date().isoformat()
-    dump_key, manifest_key = backup_keys(prefix, "hotpot", partition, created_at)
-    manifest = new_manifest(
-        database="hotpot",
-        partition=partition,
-        created_at=created_at,
-        dump_key=dump_key,
-        dump_bytes=1,
-        sha256="0" * 64,
-        compression="zstd",
-        server_version="18.0",
-        server_version_num=180000,
-        pg_dump_version="18.0",
-        snapshot="",
-        tables=[],
-        sequences=[],
-        extensions=[],
-        large_objects=0,
-    )
-    manifest["verification"] = {"verified_at": created_at.isoformat(), "ok": True, "detail": "restored"}
-    write_manifest(client, bucket, manifest_key, manifest, {})
-
-
 def release_spec(
     stack: ReleaseStack, registry, s3, plan: str, backup_age: timedelta = timedelta(hours=3)
 ) -> dict:
@@ -224,7 +228,7 @@ def release_spec(
     digest = registry.push_test_image(repository, "v2")
     bucket = f"release-{suffix}"
     s3.create_bucket(bucket)
-    write_verified_backup(s3.client(), bucket, "database/", datetime.now(UTC) - backup_age)
+    write_backup_record(s3.client(), bucket, "database/", "hotpot", datetime.now(UTC) - backup_age, ok=True)
     return {
         "plan": plan,
         "router": stack.router_resource().model_dump(),
