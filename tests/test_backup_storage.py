@@ -1,5 +1,6 @@
 """The S3 side of backups against a real S3 API (moto's server): multipart streaming, lifecycle, catalog."""
 
+import base64
 import hashlib
 import io
 import json
@@ -66,16 +67,23 @@ def test_stream_becomes_one_encrypted_object_with_its_sha256(s3, bucket):
         "k.dump",
         part_size=MIN_PART_BYTES,
         extra_args=SSE,
+        metadata={"database": "hotpot"},
         on_progress=progress.append,
         progress_interval=0,
     ) as upload:
         upload.consume(io.BytesIO(data))
         assert _leftovers(client, bucket)[0] == []  # nothing visible before completion
-        uploaded = upload.complete({"database": "hotpot"})
+        uploaded = upload.complete()
     assert uploaded.parts == 3 and uploaded.bytes == len(data)
     assert uploaded.sha256 == hashlib.sha256(data).hexdigest()
-    head = client.head_object(Bucket=bucket, Key="k.dump")
-    assert head["Metadata"] == {"database": "hotpot", "sha256": uploaded.sha256}
+    parts = [
+        hashlib.sha256(data[at : at + MIN_PART_BYTES]).digest() for at in range(0, len(data), MIN_PART_BYTES)
+    ]
+    s3_checksum = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
+    assert uploaded.checksum_sha256 == f"{s3_checksum}-3"
+    head = client.head_object(Bucket=bucket, Key="k.dump", ChecksumMode="ENABLED")
+    assert head["Metadata"] == {"database": "hotpot"}
+    assert head["ChecksumSHA256"].split("-")[0] == s3_checksum
     assert head["ServerSideEncryption"] == "AES256"
     assert client.get_object(Bucket=bucket, Key="k.dump")["Body"].read() == data
     assert progress[-1].bytes == len(data) and progress[-1].bytes_per_second > 0
@@ -96,7 +104,7 @@ def test_an_empty_stream_is_not_stored(s3, bucket):
     with pytest.raises(RuntimeError, match="empty"):  # noqa: SIM117
         with MultipartUpload(client, bucket, "k.dump", part_size=MIN_PART_BYTES, extra_args=SSE) as upload:
             upload.consume(io.BytesIO(b""))
-            upload.complete({})
+            upload.complete()
     assert _leftovers(client, bucket) == ([], [])
 
 

@@ -1,5 +1,7 @@
 """Backup domain logic that needs no service: part sizes, key layout, script parsing, retention choice."""
 
+import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,7 +11,14 @@ from hotpot_orchestration.backups.backup import PgDump, expected_max_dump_bytes
 from hotpot_orchestration.backups.catalog import Backup, backup_keys, new_manifest
 from hotpot_orchestration.backups.errors import CredentialsRefused, TransientBackupError, database_error
 from hotpot_orchestration.backups.retention import plan_retention
-from hotpot_orchestration.backups.stream import MIN_PART_BYTES, S3_MAX_PARTS, MiB, plan_part_size
+from hotpot_orchestration.backups.stream import (
+    MIN_PART_BYTES,
+    S3_MAX_PARTS,
+    MiB,
+    PartHasher,
+    composite_sha256,
+    plan_part_size,
+)
 from hotpot_orchestration.backups.verify import ArchiveContents, compare, parse_restore_script
 from hotpot_orchestration.platform.pg import PgTarget
 
@@ -44,6 +53,8 @@ def test_manifest_fields_are_the_contract():
         dump_key="k",
         dump_bytes=1,
         sha256="00",
+        part_bytes=MIN_PART_BYTES,
+        s3_checksum_sha256="AA==-1",
         compression="gzip:6",
         server_version="18.6",
         server_version_num=180006,
@@ -55,9 +66,9 @@ def test_manifest_fields_are_the_contract():
         large_objects=0,
     )
     assert list(manifest) == [
-        "format", "database", "partition", "created_at", "dump_key", "dump_bytes", "sha256", "compression",
-        "server_version", "server_version_num", "pg_dump_version", "snapshot", "tables", "sequences",
-        "extensions", "large_objects", "verification",
+        "format", "database", "partition", "created_at", "dump_key", "dump_bytes", "sha256", "part_bytes",
+        "s3_checksum_sha256", "compression", "server_version", "server_version_num", "pg_dump_version",
+        "snapshot", "tables", "sequences", "extensions", "large_objects", "verification",
     ]  # fmt: skip
     assert manifest["format"] == "hotpot-backup-manifest/1"
     assert manifest["created_at"] == "2026-03-01T02:00:07+00:00"
@@ -171,20 +182,35 @@ def _manifest(**changes):
 
 def test_compare_accepts_a_matching_archive_and_names_each_difference():
     contents = ArchiveContents({("public", "orders"): 3}, {("public", "orders_id_seq")}, {16400})
-    assert compare(_manifest(), contents, sha256="ab", size=10, metadata_sha256="ab") == []
+    matching = {"sha256": "ab", "size": 10, "s3_checksum": "Yw==-2"}
+    assert compare(_manifest(), contents, **matching, stored_s3_checksum="Yw==-2") == []
+    assert compare(_manifest(), contents, **matching, stored_s3_checksum="Yw==") == []
+    assert "bytes give Yw==-2" in compare(_manifest(), contents, **matching, stored_s3_checksum="Zg==-2")[0]
     short = ArchiveContents({("public", "orders"): 2, ("public", "extra"): 0}, set(), set())
-    problems = compare(_manifest(), short, sha256="cd", size=9, metadata_sha256=None)
+    problems = compare(_manifest(), short, sha256="cd", size=9, s3_checksum="Yw==-2", stored_s3_checksum=None)
     text = "\n".join(problems)
     for words in (
         "9 bytes",
         "SHA-256",
-        "metadata",
+        "no SHA-256 checksum",
         "public.extra",
         "2 rows",
         "orders_id_seq",
         "large objects",
     ):
         assert words in text
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 8, 1000])
+def test_part_hasher_gives_s3s_checksum_whatever_the_chunk_size(chunk):
+    data = bytes(range(256)) * 3 + b"tail"  # parts of 8 bytes, the last one short
+    hasher = PartHasher(part_size=8)
+    for start in range(0, len(data), chunk):
+        hasher.update(data[start : start + chunk])
+    parts = [hashlib.sha256(data[start : start + 8]).digest() for start in range(0, len(data), 8)]
+    combined = base64.b64encode(hashlib.sha256(b"".join(parts)).digest()).decode()
+    assert hasher.composite() == composite_sha256(parts) == f"{combined}-{len(parts)}"
+    assert hasher.whole.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)

@@ -1,9 +1,9 @@
 """Take one backup: snapshot, pg_dump streamed into S3, manifest beside it.
 
 The order is what makes a backup trustworthy: the S3 object appears only after pg_dump exited 0 and every
-byte was uploaded, and the manifest (which is what makes a backup count) only after the object carries its
-SHA-256. Any failure before the object appears aborts the multipart upload and stops pg_dump; one after it
-(the row counts, the manifest) deletes the object.
+byte was uploaded (each part checked by S3 against its SHA-256), and the manifest (which is what makes a
+backup count) only after the object is complete. Any failure before the object appears aborts the multipart
+upload and stops pg_dump; one after it (the row counts, the manifest) deletes the object.
 """
 
 from __future__ import annotations
@@ -221,6 +221,7 @@ def take_backup(
                             dump_key,
                             part_size=part_size,
                             extra_args=encryption,
+                            metadata=metadata,
                             on_progress=on_progress,
                         ) as upload,
                     ):
@@ -233,7 +234,7 @@ def take_backup(
                         # The exact counts, in pg_dump's snapshot, are taken while S3 assembles the object:
                         # during the dump their scans would take CPU from pg_dump's.
                         counts = helpers.submit(snapshot.inventory)
-                        uploaded = upload.complete(metadata)
+                        uploaded = upload.complete()
                 inventory = counts.result()
                 manifest = new_manifest(
                     database=target.dbname,
@@ -242,6 +243,8 @@ def take_backup(
                     dump_key=dump_key,
                     dump_bytes=uploaded.bytes,
                     sha256=uploaded.sha256,
+                    part_bytes=uploaded.part_size,
+                    s3_checksum_sha256=uploaded.checksum_sha256,
                     compression=pg_dump.compression,
                     server_version=snapshot.server_version,
                     server_version_num=snapshot.server_version_num,

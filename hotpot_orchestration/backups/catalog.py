@@ -54,6 +54,8 @@ def new_manifest(
     dump_key: str,
     dump_bytes: int,
     sha256: str,
+    part_bytes: int,
+    s3_checksum_sha256: str,
     compression: str,
     server_version: str,
     server_version_num: int,
@@ -73,6 +75,9 @@ def new_manifest(
         "dump_key": dump_key,
         "dump_bytes": dump_bytes,
         "sha256": sha256,
+        # S3's checksum of the object, over parts of `part_bytes` (see stream.composite_sha256).
+        "part_bytes": part_bytes,
+        "s3_checksum_sha256": s3_checksum_sha256,
         "compression": compression,
         "server_version": server_version,
         "server_version_num": server_version_num,

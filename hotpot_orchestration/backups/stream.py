@@ -1,8 +1,13 @@
 """A byte stream of unknown length into one S3 object, through a multipart upload, with bounded memory.
 
-boto3's `upload_fileobj` streams too, but it cannot hash what it sends, cannot hold the completion back until
-the producer (pg_dump) has exited successfully, and cannot put the SHA-256 of the whole object into its
-metadata; this module does those three things and leaves retries of each request to botocore.
+boto3's `upload_fileobj` streams too, but it cannot hash what it sends or hold the completion back until
+the producer (pg_dump) has exited successfully; this module does both and leaves retries of each request to
+botocore.
+
+Every part carries its SHA-256, which S3 checks on arrival and keeps: the object's checksum metadata is then
+S3's SHA-256 of the parts' SHA-256s (`composite_sha256`). The SHA-256 of the whole stream is returned for the
+manifest. (Object metadata is fixed when the upload starts, before the whole stream's hash is known; stamping
+it in would take a server-side copy of every byte, for a 1 TB dump another 1 TB of S3 work.)
 
 The object appears under its key only when `complete()` is called. Leaving the `with` block any other way
 aborts the upload, so S3 keeps neither an object nor stored parts; the bucket's lifecycle rule
@@ -11,10 +16,11 @@ aborts the upload, so S3 keeps neither an object nor stored parts; the bucket's 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -29,6 +35,45 @@ BUFFER_BUDGET = 32 * MiB
 READ_CHUNK = MiB
 
 ABORT_RULE_ID = "hotpot-abort-incomplete-multipart-uploads"
+
+
+def composite_sha256(part_digests: Sequence[bytes]) -> str:
+    """S3's SHA-256 checksum of a multipart object, in S3's `BASE64-PARTS` form, from its parts' digests."""
+    combined = hashlib.sha256(b"".join(part_digests)).digest()
+    return f"{base64.b64encode(combined).decode()}-{len(part_digests)}"
+
+
+class PartHasher:
+    """SHA-256 of a byte stream as a whole and of each `part_size` slice of it, fed in any chunk sizes."""
+
+    def __init__(self, part_size: int):
+        self.part_size = part_size
+        self.whole = hashlib.sha256()
+        self.part_digests: list[bytes] = []
+        self._part = hashlib.sha256()
+        self._part_filled = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.whole.update(data)
+        view = memoryview(data)
+        while view:
+            take = view[: self.part_size - self._part_filled]
+            self._part.update(take)
+            self._part_filled += len(take)
+            view = view[len(take) :]
+            if self._part_filled == self.part_size:
+                self._close_part()
+
+    def composite(self) -> str:
+        """`composite_sha256` of the parts so far, the last one possibly short."""
+        if self._part_filled:
+            self._close_part()
+        return composite_sha256(self.part_digests)
+
+    def _close_part(self) -> None:
+        self.part_digests.append(self._part.digest())
+        self._part = hashlib.sha256()
+        self._part_filled = 0
 
 
 def plan_part_size(expected_max_bytes: int) -> int:
@@ -56,6 +101,7 @@ class Uploaded:
     key: str
     bytes: int
     sha256: str
+    checksum_sha256: str  # S3's, see composite_sha256
     parts: int
     part_size: int
 
@@ -64,7 +110,8 @@ class MultipartUpload:
     """Context manager: `consume()` a stream into parts, then `complete()`; anything else aborts.
 
     The reading thread hashes each chunk as it arrives and hands full parts to a small pool of uploader
-    threads; at most `BUFFER_BUDGET` bytes (or one part in flight, if parts are bigger) wait in memory.
+    threads, which hash their part for S3; at most `BUFFER_BUDGET` bytes (or one part in flight, if parts
+    are bigger) wait in memory. `metadata` becomes the object's user metadata.
     """
 
     def __init__(
@@ -75,6 +122,7 @@ class MultipartUpload:
         *,
         part_size: int,
         extra_args: dict[str, str],
+        metadata: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
     ):
@@ -84,7 +132,12 @@ class MultipartUpload:
         self.bucket = bucket
         self.key = key
         self.part_size = part_size
-        self.extra_args = {"ContentType": "application/octet-stream", **extra_args}
+        self.extra_args = {
+            "ContentType": "application/octet-stream",
+            "ChecksumAlgorithm": "SHA256",
+            "Metadata": metadata or {},
+            **extra_args,
+        }
         self.on_progress = on_progress
         self.progress_interval = progress_interval
         self.in_flight = max(1, BUFFER_BUDGET // part_size - 1)
@@ -92,6 +145,7 @@ class MultipartUpload:
         self._sha256 = hashlib.sha256()
         self._bytes = 0
         self._parts: dict[int, dict[str, str]] = {}
+        self._part_digests: dict[int, bytes] = {}
         self._started = 0.0
         self._completed = False
 
@@ -169,13 +223,19 @@ class MultipartUpload:
         return buffer
 
     def _upload_part(self, number: int, body: bytearray) -> None:
+        digest = hashlib.sha256(body).digest()
+        checksum = base64.b64encode(digest).decode()
         response = self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
         )
-        part = {"PartNumber": number, "ETag": response["ETag"]}
-        # botocore may send a CRC per part (its default checksum); S3 then wants it back on completion.
-        part.update({name: value for name, value in response.items() if name.startswith("Checksum")})
-        self._parts[number] = part
+        self._parts[number] = {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+        self._part_digests[number] = digest
 
     @staticmethod
     def _part_done(done: Future, slots: threading.BoundedSemaphore, failures: list[BaseException]) -> None:
@@ -183,49 +243,28 @@ class MultipartUpload:
             failures.append(done.exception())
         slots.release()
 
-    def complete(self, metadata: dict[str, str]) -> Uploaded:
-        """Make the object visible, then stamp `metadata` plus its SHA-256 onto it.
-
-        S3 fixes an object's metadata when the upload starts, before the hash is known, so the metadata is
-        set by a server-side copy of the object onto itself, guarded by the ETag of what was just uploaded.
-        If that fails the object is deleted: no object without its SHA-256 stays behind.
-        """
-        from boto3.s3.transfer import TransferConfig
-
-        parts = [self._parts[number] for number in sorted(self._parts)]
-        if not parts:
+    def complete(self) -> Uploaded:
+        """Make the object visible: S3 assembles the parts, checking each part's SHA-256 it was sent."""
+        numbers = sorted(self._parts)
+        if not numbers:
             # S3 rejects a multipart upload of no parts; an empty stream is never a valid archive anyway.
             raise RuntimeError("the stream was empty: nothing to upload")
-        completed = self.client.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": [self._parts[number] for number in numbers]},
         )
         self._completed = True
-        sha256 = self._sha256.hexdigest()
-        try:
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": self.key},
-                self.bucket,
-                self.key,
-                ExtraArgs={
-                    **self.extra_args,
-                    "Metadata": {**metadata, "sha256": sha256},
-                    "MetadataDirective": "REPLACE",
-                    "CopySourceIfMatch": completed["ETag"],
-                },
-                # One CopyObject up to S3's 5 GiB limit for it; beyond, parts copied in parallel.
-                Config=TransferConfig(multipart_threshold=S3_MAX_PART_BYTES, multipart_chunksize=512 * MiB),
-            )
-        except BaseException:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
-            raise
         if self.on_progress:
             self.on_progress(self.progress)
         return Uploaded(
             bucket=self.bucket,
             key=self.key,
             bytes=self._bytes,
-            sha256=sha256,
-            parts=len(parts),
+            sha256=self._sha256.hexdigest(),
+            checksum_sha256=composite_sha256([self._part_digests[number] for number in numbers]),
+            parts=len(numbers),
             part_size=self.part_size,
         )
 

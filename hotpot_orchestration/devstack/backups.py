@@ -18,6 +18,7 @@ from hotpot_orchestration.backups.catalog import (
     record_verification,
     write_manifest,
 )
+from hotpot_orchestration.backups.stream import MIN_PART_BYTES, PartHasher
 from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.platform.pg import PgTarget
 
@@ -54,14 +55,18 @@ def write_backup_record(
     `ok` is the archive check's verdict, None when it has not run. Returns (dump key, manifest key)."""
     partition = created_at.date().isoformat()
     dump_key, manifest_key = backup_keys(prefix, database, partition, created_at)
-    client.put_object(Bucket=bucket, Key=dump_key, Body=b"PGDMP", Metadata={"sha256": "0" * 64})
+    stand_in = PartHasher(MIN_PART_BYTES)
+    stand_in.update(b"PGDMP")
+    client.put_object(Bucket=bucket, Key=dump_key, Body=b"PGDMP")
     manifest = new_manifest(
         database=database,
         partition=partition,
         created_at=created_at,
         dump_key=dump_key,
         dump_bytes=5,
-        sha256="0" * 64,
+        sha256=stand_in.whole.hexdigest(),
+        part_bytes=MIN_PART_BYTES,
+        s3_checksum_sha256=stand_in.composite(),
         compression="gzip:6",
         server_version="18.6",
         server_version_num=180006,
