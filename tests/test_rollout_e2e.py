@@ -136,7 +136,9 @@ def assert_no_request_dropped(traffic: Traffic) -> None:
     """Every request through the reloads was answered 200. nginx closes idle keep-alive connections when a
     reload retires its old workers; the rare GET sent on one at that moment is retried by the client, as
     HTTP clients do (counted, and bounded here to 1 % of the requests)."""
-    assert all(hit.status == 200 for hit in traffic.hits), Counter(hit.status for hit in traffic.hits)
+    assert all(hit.status == 200 for hit in traffic.hits), Counter(
+        (hit.status, hit.error) for hit in traffic.hits
+    )
     assert sum(hit.retried for hit in traffic.hits) <= len(traffic.hits) // 100
 
 

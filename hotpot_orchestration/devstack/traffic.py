@@ -22,6 +22,7 @@ class Hit:
     color: str | None  # None: no answer (connection error, timeout)
     status: int | None
     retried: bool = False  # answered on the second attempt after a closed keep-alive connection
+    error: str | None = None  # why there was no answer
 
 
 class Traffic:
@@ -81,11 +82,13 @@ class Traffic:
                         color = response.headers.get("X-Track")
                         hit = Hit(sent, color, response.status_code, retried=attempt > 1)
                         break
-                    except httpx.RemoteProtocolError:
-                        # An nginx reload closes idle keep-alive connections; a GET sent on one at that
-                        # moment is retried, as HTTP clients do for idempotent requests (RFC 9112, 9.3.1).
-                        hit = Hit(sent, None, None, retried=True)
-                    except httpx.HTTPError:
+                    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
+                        # An nginx reload closes idle keep-alive connections (a FIN, or a reset if the GET
+                        # was already on its way); a GET sent on one at that moment is retried, as HTTP
+                        # clients do for idempotent requests (RFC 9112, 9.3.1).
+                        hit = Hit(sent, None, None, retried=True, error=repr(error))
+                    except httpx.HTTPError as error:
+                        hit = Hit(sent, None, None, error=repr(error))
                         break
                 with self._lock:
                     self._hits.append(hit)
