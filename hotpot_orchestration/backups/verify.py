@@ -20,7 +20,7 @@ from typing import Any
 from hotpot_orchestration.backups.catalog import Backup
 from hotpot_orchestration.backups.errors import s3_error, s3_errors
 from hotpot_orchestration.backups.proc import running
-from hotpot_orchestration.backups.stream import MiB, PartHasher
+from hotpot_orchestration.backups.stream import MiB, PartHasher, same_s3_checksum
 
 # pg_dump writes a comment before every archive entry: "-- [Data for ]Name: x; Type: TABLE DATA; ...".
 # Only lines inside entries of the right type are parsed, so SQL text inside a function body that happens
@@ -106,8 +106,7 @@ def compare(
         problems.append(f"SHA-256 of the object is {sha256}, the manifest says {manifest['sha256']}")
     if stored_s3_checksum is None:
         problems.append("the object carries no SHA-256 checksum in its S3 metadata (x-amz-checksum-sha256)")
-    # S3 appends "-PARTS" in some responses and not in others; the digest covers the part count anyway.
-    elif stored_s3_checksum.split("-")[0] != s3_checksum.split("-")[0]:
+    elif not same_s3_checksum(stored_s3_checksum, s3_checksum):
         problems.append(
             f"the object's SHA-256 checksum in S3 is {stored_s3_checksum}, its bytes give {s3_checksum}"
         )

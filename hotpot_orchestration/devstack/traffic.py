@@ -75,7 +75,6 @@ class Traffic:
                         return
                     self.sent += 1
                 sent = time.time()
-                hit = Hit(sent, None, None)
                 for attempt in (1, 2):
                     try:
                         response = client.get(self.url + "/")
