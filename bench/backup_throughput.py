@@ -30,10 +30,10 @@ from pathlib import Path
 
 from restore_rto import DATABASE, generate
 
+from hotpot_devstack import Postgres, S3Server
 from hotpot_orchestration.backups.backup import PgDump
 from hotpot_orchestration.backups.catalog import delete_backup, load_backup
 from hotpot_orchestration.backups.verify import verify_backup
-from hotpot_orchestration.devstack import Postgres, S3Server
 from hotpot_orchestration.platform.pg import PgTarget
 
 BUCKET = "thehotpotspot-backups"

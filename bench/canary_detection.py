@@ -24,8 +24,8 @@ import time
 
 import dagster as dg
 
-from hotpot_orchestration.devstack import Registry, S3Server
-from hotpot_orchestration.release.rollout.localstack import (
+from hotpot_devstack import Registry, S3Server
+from hotpot_devstack.release_stack import (
     ReleaseStack,
     local_plan,
     release_definitions,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from hotpot_orchestration.devstack import Postgres, S3Server
-from hotpot_orchestration.devstack.backups import take_verified_backup
+from hotpot_devstack import Postgres, S3Server
+from hotpot_devstack.backups import take_verified_backup
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores import restore_drill

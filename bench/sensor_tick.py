@@ -26,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import httpx
 
-from hotpot_orchestration.devstack import Registry
+from hotpot_devstack import Registry
+from hotpot_devstack.paging_proxy import PagingProxy
 from hotpot_orchestration.platform.registry import OCI_MANIFEST, sha256_digest
 from hotpot_orchestration.release.image import new_image_tag_sensor
-from hotpot_orchestration.release.image.paging_proxy import PagingProxy
 from hotpot_orchestration.release.image.resource import ImageTagPolicyResource, RegistryResource
 
 PAGE = 100

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROUTERS = ("nginx", "ingress-nginx", "gateway-api")
 IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
-SAMPLE_APP_DIR = Path(__file__).resolve().parent / "sample_app"
 
 # Variables whose values may contain credentials: never repeat them in messages.
 SECRET_VARIABLES = frozenset(
@@ -58,7 +57,8 @@ class Settings:
     registry_username: str | None
     registry_password: str | None = field(repr=False)
     image_repository: str
-    app_source: Path
+    # The build context; unset: build_image_job fails naming the variable (the local stack sets it).
+    app_source: Path | None
     image_builder: str
     prometheus_url: str | None
     router: str
@@ -243,7 +243,7 @@ _VARIABLES = {
     "HOTPOT_REGISTRY_USERNAME": ("registry_username", str, None),
     "HOTPOT_REGISTRY_PASSWORD": ("registry_password", str, None),
     "HOTPOT_IMAGE_REPOSITORY": ("image_repository", _repository, "thehotpotspot/api"),
-    "HOTPOT_APP_SOURCE": ("app_source", _app_source, SAMPLE_APP_DIR),
+    "HOTPOT_APP_SOURCE": ("app_source", _app_source, None),
     "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
     "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),

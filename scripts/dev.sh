@@ -6,5 +6,5 @@ export DAGSTER_HOME="$PWD/.dagster_home"
 mkdir -p "$DAGSTER_HOME"
 ln -sf "$PWD/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 # Synthetic traffic (20 requests/s through the stack's nginx) stops with the stack, or after 12 hours.
-exec .venv/bin/python -m hotpot_orchestration.devstack --traffic-rate 20 --traffic-hours 12 run -- \
+exec .venv/bin/python -m hotpot_devstack --traffic-rate 20 --traffic-hours 12 run -- \
     .venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml

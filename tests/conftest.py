@@ -1,4 +1,4 @@
-"""Fixtures that start real services on 127.0.0.1 (see hotpot_orchestration/devstack).
+"""Fixtures that start real services on 127.0.0.1 (see hotpot_devstack).
 
 Session-scoped, shared by all tests (create your own databases, buckets and repositories with unique names):
   postgres    Postgres: .url, .url_for(db), .connect(db), .create_database/.drop_database, .bin_dir, .version
@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hotpot_orchestration.devstack import (
+from hotpot_devstack import (
     DevStack,
     Nginx,
     Postgres,
@@ -36,7 +36,7 @@ from hotpot_orchestration.devstack import (
     S3Server,
     seed_sample,
 )
-from hotpot_orchestration.devstack.dagster_services import DagsterServices
+from hotpot_devstack.dagster_services import DagsterServices
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,14 @@ import dagster as dg
 import pytest
 from test_backup_storage import FOREIGN_KEYS, put_foreign_keys
 
+from hotpot_devstack import S3Server
+from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.backups import build_defs
 from hotpot_orchestration.backups.assets import backup_partitions
 from hotpot_orchestration.backups.catalog import list_backups, read_manifest
 from hotpot_orchestration.backups.checks import FRESH, VALID
 from hotpot_orchestration.backups.stream import same_s3_checksum
 from hotpot_orchestration.definitions import build_resources
-from hotpot_orchestration.devstack import S3Server
-from hotpot_orchestration.devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.settings import load_settings
 

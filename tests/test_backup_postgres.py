@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from hotpot_devstack import free_port
 from hotpot_orchestration.backups.backup import GZIP, ZSTD, PgDump, take_backup
 from hotpot_orchestration.backups.catalog import list_backups, load_backup
 from hotpot_orchestration.backups.errors import BackupError, TransientBackupError
 from hotpot_orchestration.backups.snapshot import ExportedSnapshot
 from hotpot_orchestration.backups.stream import same_s3_checksum
 from hotpot_orchestration.backups.verify import verify_backup
-from hotpot_orchestration.devstack import free_port
 from hotpot_orchestration.platform.pg import PgTarget, PgToolError
 
 pytestmark = pytest.mark.slow

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.backups.catalog import (
     latest_backup,
     list_backups,
@@ -22,7 +23,6 @@ from hotpot_orchestration.backups.stream import (
     ensure_abort_incomplete_uploads,
     same_s3_checksum,
 )
-from hotpot_orchestration.devstack.backups import write_backup_record
 
 SSE = {"ServerSideEncryption": "AES256"}
 

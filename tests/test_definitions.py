@@ -128,3 +128,34 @@ def test_loading_the_code_location_leaves_heavy_clients_unimported():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "", f"imported at load time: {result.stdout.strip()}"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_product_never_imports_the_local_stack_and_the_image_does_not_ship_it():
+    product = ROOT / "hotpot_orchestration"
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            n for n in _imported_modules(path) if n.split(".")[0] == "hotpot_devstack"
+        )
+        for path in product.rglob("*.py")
+    }
+    assert {path: names for path, names in offenders.items() if names} == {}
+    # Nothing of the local stack (sample app, stand-ins) is left inside the product package.
+    assert not list(product.rglob("sample_app")) and not list(product.rglob("*.c"))
+    copied = [
+        line.split()[1]
+        for line in (ROOT / "deploy/Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+    ]
+    assert copied == ["pyproject.toml", "hotpot_orchestration"]

@@ -15,7 +15,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
-from hotpot_orchestration.devstack import (
+from hotpot_devstack import (
     BACKUP_BUCKET,
     SAMPLE_DATABASE,
     MissingProgram,
@@ -26,7 +26,7 @@ from hotpot_orchestration.devstack import (
     ServiceError,
     port_is_open,
 )
-from hotpot_orchestration.devstack.postgres import embedded_bin_dir
+from hotpot_devstack.postgres import embedded_bin_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -224,7 +224,7 @@ def test_run_command_gets_the_stack_environment(tmp_path):
         """
     )
     result = subprocess.run(
-        [sys.executable, "-m", "hotpot_orchestration.devstack", "--env-file", str(env_file), "run", "--"]
+        [sys.executable, "-m", "hotpot_devstack", "--env-file", str(env_file), "run", "--"]
         + [sys.executable, "-c", child],
         capture_output=True,
         text=True,

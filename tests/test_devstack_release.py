@@ -19,7 +19,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from hotpot_orchestration.devstack import Traffic, port_is_open
+from hotpot_devstack import Traffic, port_is_open
 
 STARTUP_SECONDS = 120
 
@@ -56,13 +56,13 @@ def eventually(check, what: str, timeout: float = 20.0):
 
 @pytest.fixture
 def make_dev(tmp_path):
-    """`python -m hotpot_orchestration.devstack ... run -- COMMAND` as scripts/dev.sh starts it, with a
+    """`python -m hotpot_devstack ... run -- COMMAND` as scripts/dev.sh starts it, with a
     command that only waits; yields (process, environment, nginx URL, log path); stopped with SIGTERM."""
     env_file, log_path = tmp_path / "env.sh", tmp_path / "devstack.log"
     clean = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "HOTPOT_"))}
     with open(log_path, "wb") as log:
         devstack = subprocess.Popen(
-            [sys.executable, "-m", "hotpot_orchestration.devstack", "--env-file", str(env_file)]
+            [sys.executable, "-m", "hotpot_devstack", "--env-file", str(env_file)]
             + ["--traffic-rate", "20", "--traffic-hours", "1", "run", "--", "sleep", "600"],
             stdout=log,
             stderr=subprocess.STDOUT,

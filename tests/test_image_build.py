@@ -12,9 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from hotpot_devstack.sample_api import SAMPLE_APP_DIR
 from hotpot_orchestration.definitions import build_definitions
 from hotpot_orchestration.platform.registry import RegistryClient, RepositoryNotFound
-from hotpot_orchestration.settings import SAMPLE_APP_DIR, load_settings
+from hotpot_orchestration.settings import load_settings
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,9 +75,7 @@ def gate_observations(result) -> list[tuple[str, str]]:
 
 def test_default_sample_app_builds_and_pushes_commit_tag_and_latest(registry):
     repository = f"test/api-{uuid.uuid4().hex[:8]}"
-    result = run_build(
-        registry.host, repository
-    )  # HOTPOT_APP_SOURCE unset: the sample app in this repository
+    result = run_build(registry.host, repository, source=SAMPLE_APP_DIR)  # as make dev sets HOTPOT_APP_SOURCE
     assert result.success, result.all_events
     metadata = metadata_of(result)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SAMPLE_APP_DIR, capture_output=True, text=True)
@@ -156,3 +155,10 @@ def test_docker_builder_fails_clearly_without_an_engine(registry, app_checkout):
         pytest.skip("a Docker engine with buildx is available here")
     message = result.failure_data_for_node("api_image").error.message
     assert "HOTPOT_IMAGE_BUILDER=docker" in message
+
+
+def test_an_unset_build_context_fails_naming_the_variable(registry):
+    result = run_build(registry.host, f"test/api-{uuid.uuid4().hex[:8]}")  # HOTPOT_APP_SOURCE unset
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "HOTPOT_APP_SOURCE is not set" in failure.event_specific_data.error.message

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from hotpot_devstack.sample_api import SAMPLE_APP_DIR
 from hotpot_orchestration.release.image.gates import (
     Gate,
     GateConfigError,
@@ -14,7 +15,6 @@ from hotpot_orchestration.release.image.gates import (
     parse_gates,
     run_gates,
 )
-from hotpot_orchestration.settings import SAMPLE_APP_DIR
 
 
 def test_sample_app_declares_gates_that_run_here():

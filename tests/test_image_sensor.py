@@ -15,11 +15,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from hotpot_devstack import Registry
+from hotpot_devstack.paging_proxy import PagingProxy
 from hotpot_orchestration.definitions import build_definitions
-from hotpot_orchestration.devstack import Registry
 from hotpot_orchestration.platform.registry import OCI_MANIFEST, RegistryClient, sha256_digest
 from hotpot_orchestration.release.image import new_image_tag_sensor
-from hotpot_orchestration.release.image.paging_proxy import PagingProxy
 from hotpot_orchestration.release.image.resource import ImageTagPolicyResource, RegistryResource
 from hotpot_orchestration.settings import load_settings
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from hotpot_orchestration.devstack.dagster_services import DagsterServices
+from hotpot_devstack.dagster_services import DagsterServices
 
 pytestmark = pytest.mark.slow
 

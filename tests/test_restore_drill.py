@@ -20,9 +20,9 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
+from hotpot_devstack import Postgres, seed_sample
+from hotpot_devstack.backups import take_verified_backup
 from hotpot_orchestration.backups.catalog import Backup, latest_backup, write_manifest
-from hotpot_orchestration.devstack import Postgres, seed_sample
-from hotpot_orchestration.devstack.backups import take_verified_backup
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores import (

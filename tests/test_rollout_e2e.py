@@ -1,7 +1,7 @@
 """Release jobs end to end, with time compressed (2 s analysis intervals, 4 s pauses instead of 10 min).
 
 Real services on 127.0.0.1: Debian's nginx routing between two colours of a stand-in API (small Python HTTP
-servers exposing the seed's metrics, whose faults the tests switch on: see release/rollout/localstack.py),
+servers exposing the seed's metrics, whose faults the tests switch on: see hotpot_devstack/release_stack.py),
 Debian's Prometheus scraping both every second, bounded synthetic traffic through nginx, the devstack registry
 holding the image and the devstack S3 holding a verified backup (the safety gates are the real ones).
 
@@ -26,8 +26,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from hotpot_orchestration.devstack import Traffic
-from hotpot_orchestration.release.rollout.localstack import (
+from hotpot_devstack import Traffic
+from hotpot_devstack.release_stack import (
     ReleaseStack,
     local_plan,
     release_definitions,

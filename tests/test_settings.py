@@ -15,7 +15,7 @@ def test_defaults_match_the_design():
     assert (settings.image_builder, settings.router) == ("buildah", "nginx")
     assert settings.alert_webhook_url is None
     assert settings.backup_compression is None  # zstd where pg_dump can write it, else gzip
-    assert settings.app_source.name == "sample_app"
+    assert settings.app_source is None  # production names its build context; make dev sets the sample app
     # The nginx router keeps the resource's defaults: a VM's own nginx.
     assert settings.nginx_upstream_conf is settings.nginx_command is settings.blue_servers is None
 

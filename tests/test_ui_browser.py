@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hotpot_orchestration.devstack.dagster_services import DagsterServices
+from hotpot_devstack.dagster_services import DagsterServices
 
 pytestmark = pytest.mark.slow
 

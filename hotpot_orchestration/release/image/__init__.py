@@ -93,6 +93,12 @@ def api_image(
     from hotpot_orchestration.release.image.publish import BuildSession
     from hotpot_orchestration.release.image.source import SourceError
 
+    if not image_build.source:
+        raise dg.Failure(
+            description="HOTPOT_APP_SOURCE is not set: point it at a checkout of the API's source "
+            "(a Dockerfile and gates.yaml at its top)",
+            allow_retries=False,
+        )
     gates = None
     if config.gates is not None:
         gates = [Gate(spec.name, spec.run, spec.timeout_seconds) for spec in config.gates]
@@ -242,7 +248,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             username=dg.EnvVar("HOTPOT_REGISTRY_USERNAME") if settings.registry_username else None,
             password=dg.EnvVar("HOTPOT_REGISTRY_PASSWORD") if settings.registry_password else None,
         ),
-        "image_build": ImageBuildResource(source=str(settings.app_source), builder=settings.image_builder),
+        "image_build": ImageBuildResource(
+            source=str(settings.app_source or ""), builder=settings.image_builder
+        ),
         "image_tag_policy": ImageTagPolicyResource(),
         "release_image": ReleaseImageResource(),
     }

@@ -1,4 +1,4 @@
-"""`python -m hotpot_orchestration.devstack [--traffic-rate R] [--traffic-hours H] up | run -- COMMAND...`
+"""`python -m hotpot_devstack [--traffic-rate R] [--traffic-hours H] up | run -- COMMAND...`
 
 up   start the stack, write its environment to .devstack/env.sh, wait for Ctrl-C or SIGTERM, stop it.
 run  the same, but run COMMAND with that environment and stop the stack when COMMAND exits (`make dev`).
@@ -64,9 +64,7 @@ def _run_command(argv: list[str], env: dict[str, str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hotpot_orchestration.devstack", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m hotpot_devstack", description=__doc__.split("\n")[0])
     parser.add_argument("--env-file", type=Path, default=_default_env_file(), help="default: %(default)s")
     parser.add_argument(
         "--traffic-rate",

@@ -1,4 +1,4 @@
-"""The sample API (`hotpot_orchestration/sample_app`) running as the two colours of a release, on loopback.
+"""The sample API (`hotpot_devstack/sample_app`) running as the two colours of a release, on loopback.
 
 The binary is compiled once per version of the sources into a cache dir, by the sample app's own `compile`
 gate (gates.yaml), so the colours run the very binary its image holds. Each colour is one process on a free
@@ -18,10 +18,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from hotpot_orchestration.settings import SAMPLE_APP_DIR
-
 from ._process import INSTALL_HINT, MissingProgram, Service, ServiceError, free_port
 from .release_target import COLORS
+
+# The local build context (HOTPOT_APP_SOURCE under make dev and in the tests); never shipped.
+SAMPLE_APP_DIR = Path(__file__).resolve().parent / "sample_app"
 
 # What the compile gate writes (the Dockerfile copies the same name into the image).
 BINARY = "hotpot-api"

@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
-from hotpot_orchestration.devstack import COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
-from hotpot_orchestration.devstack.backups import write_backup_record
+from hotpot_devstack import COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
+from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout import build_rollout_defs

@@ -12,7 +12,7 @@ from .registry import Registry
 from .release_target import API_JOB, ReleaseTarget
 from .s3 import S3Server
 from .sample import SAMPLE_DATABASE, seed_sample
-from .sample_api import SampleApi
+from .sample_api import SAMPLE_APP_DIR, SampleApi
 from .traffic import Traffic
 
 BACKUP_BUCKET = "thehotpotspot-backups"
@@ -100,6 +100,7 @@ class DevStack:
             "HOTPOT_BACKUP_BUCKET": BACKUP_BUCKET,
             **self.s3.env(),
             "HOTPOT_REGISTRY": self.registry.host,
+            "HOTPOT_APP_SOURCE": str(SAMPLE_APP_DIR),
             # The release router and canary analysis: this nginx, the sample app's colours, this Prometheus.
             **self._target().env(),
         }
