@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from test_backup_storage import FOREIGN_KEYS, put_foreign_keys
+from support.backups import FOREIGN_KEYS, put_foreign_keys
 
 from hotpot_devstack import S3Server
 from hotpot_devstack.backups import write_backup_record

@@ -3,11 +3,11 @@
 import base64
 import hashlib
 import io
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from support.backups import put_foreign_keys
 
 from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.backups.catalog import (
@@ -136,23 +136,6 @@ def test_an_existing_bucket_wide_abort_rule_is_enough(s3, bucket):
     }
     client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [rule]})
     assert ensure_abort_incomplete_uploads(client, bucket, "database/") is False
-
-
-FOREIGN_KEYS = [
-    "database/README.txt",
-    "database/hotpot/notes.txt",
-    # Our shape of key, but no manifest: never listed as a backup.
-    "database/hotpot/2020-01-01/hotpot-20200101T020000Z.dump",
-    # Our shape of manifest key, but someone else's JSON.
-    "database/hotpot/2020-01-02/hotpot-20200102T020000Z.manifest.json",
-    "database/hotpot/2020-01-02/hotpot-20200102T020000Z.dump",
-    "elsewhere/hotpot/2020-01-03/hotpot-20200103T020000Z.manifest.json",
-]
-
-
-def put_foreign_keys(client, bucket):
-    for key in FOREIGN_KEYS:
-        client.put_object(Bucket=bucket, Key=key, Body=json.dumps({"format": "someone-else/1"}).encode())
 
 
 def test_listing_returns_only_our_backups_oldest_first(s3, bucket):
