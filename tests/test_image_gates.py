@@ -75,3 +75,20 @@ def test_a_hung_gate_is_killed_with_its_children(tmp_path):
 def test_gate_env_is_passed(tmp_path):
     results = run_gates([Gate("env", 'test "$GREETING" = hello', env={"GREETING": "hello"})], tmp_path)
     assert results[0].passed
+
+
+def test_run_config_cannot_name_gates():
+    """Gates run shell commands with the run's credentials: only the checkout's gates file names them, and
+    Dagster's own config validation refuses them at launch."""
+    import dagster as dg
+
+    from hotpot_orchestration.definitions import build_definitions
+    from hotpot_orchestration.settings import load_settings
+
+    job = build_definitions(load_settings({})).resolve_job_def("build_image_job")
+    injected = {"ops": {"api_image": {"config": {"gates": [{"name": "x", "run": "env > /tmp/leak"}]}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r'unexpected config entry "gates"'):
+        dg.validate_run_config(job, injected)
+    with pytest.raises(dg.DagsterInvalidConfigError):
+        job.execute_in_process(run_config=injected, instance=dg.DagsterInstance.ephemeral())
+    dg.validate_run_config(job, {})  # the job itself needs no op config

@@ -7,7 +7,6 @@ client in `hotpot_orchestration.platform.registry`); this module only adapts the
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 from hotpot_orchestration.release.image.resource import (
@@ -38,18 +37,6 @@ __all__ = [
 ]
 
 
-class GateSpec(dg.Config):
-    name: str
-    run: str = Field(description="shell command run in the source checkout")
-    timeout_seconds: float = 600
-
-
-class ApiImageConfig(dg.Config):
-    gates: list[GateSpec] | None = Field(
-        default=None, description="gates to run instead of the source's gates.yaml (an empty list runs none)"
-    )
-
-
 def _code_block(text: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"```\n{text or '(no output)'}\n```")
 
@@ -72,6 +59,8 @@ def _gate_observation(asset_key: dg.AssetKey, result) -> dg.AssetObservation:
     name="api_image",
     group_name="release",
     kinds={"oci"},
+    # No op config at all: without a schema Dagster would accept any `ops.api_image.config` at launch.
+    config_schema={},
     description=(
         "The API image, built from HOTPOT_APP_SOURCE after its CI gates pass, pushed to "
         "HOTPOT_REGISTRY/HOTPOT_IMAGE_REPOSITORY as the commit's short SHA (immutable) and `latest`."
@@ -79,17 +68,18 @@ def _gate_observation(asset_key: dg.AssetKey, result) -> dg.AssetObservation:
 )
 def api_image(
     context: dg.AssetExecutionContext,
-    config: ApiImageConfig,
     registry: RegistryResource,
     image_build: ImageBuildResource,
 ):
-    """Each gate is reported as an observation of `api_image` as soon as it ends; a failed gate fails the
-    step with its output's tail, and nothing is built."""
+    """The gates are the checkout's own gates file, and only that: a run's config cannot name commands, since
+    they run with the run's environment and credentials. Each gate is reported as an observation of
+    `api_image` as soon as it ends; a failed gate fails the step with its output's tail, and nothing is
+    built."""
     from pathlib import Path
 
     from hotpot_orchestration.platform.registry import RegistryError
     from hotpot_orchestration.release.image.builders import BuilderUnavailable, BuildFailed
-    from hotpot_orchestration.release.image.gates import Gate, GateConfigError, GateFailed
+    from hotpot_orchestration.release.image.gates import GateConfigError, GateFailed
     from hotpot_orchestration.release.image.publish import BuildSession
     from hotpot_orchestration.release.image.source import SourceError
 
@@ -99,9 +89,6 @@ def api_image(
             "(a Dockerfile and gates.yaml at its top)",
             allow_retries=False,
         )
-    gates = None
-    if config.gates is not None:
-        gates = [Gate(spec.name, spec.run, spec.timeout_seconds) for spec in config.gates]
     try:
         client = registry.client()
         with (
@@ -116,7 +103,7 @@ def api_image(
                 log=context.log.info,
             ) as session,
         ):
-            for result in session.gates(gates, image_build.gates_file):
+            for result in session.gates(image_build.gates_file):
                 line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s"
                 if result.status in ("failed", "timed out"):
                     context.log.error(f"{line}\n{result.output_tail}")

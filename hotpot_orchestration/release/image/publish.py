@@ -15,7 +15,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,6 @@ from hotpot_orchestration.platform.registry import RegistryClient, RegistryError
 from hotpot_orchestration.release.image.builders import BuildRequest
 from hotpot_orchestration.release.image.gates import (
     GATES_FILE,
-    Gate,
     GateResult,
     check_gate_results,
     iter_gates,
@@ -188,13 +187,10 @@ class BuildSession:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def gates(
-        self, gates: Sequence[Gate] | None = None, gates_file: str = GATES_FILE
-    ) -> Iterator[GateResult]:
-        """Run the gates (the source's gates file unless given), yielding each result as it comes."""
+    def gates(self, gates_file: str = GATES_FILE) -> Iterator[GateResult]:
+        """Run the snapshot's own gates file, yielding each result as it comes."""
         assert self.snapshot is not None, "enter the session first"
-        if gates is None:
-            gates = load_gates(self.snapshot.workspace, gates_file)
+        gates = load_gates(self.snapshot.workspace, gates_file)
         for result in iter_gates(gates, self.snapshot.workspace):
             self.gate_results.append(result)
             yield result
@@ -245,16 +241,13 @@ class BuildSession:
 
 def build_and_publish(
     *,
-    gates: Sequence[Gate] | None = None,
     gates_file: str = GATES_FILE,
     on_gate: Callable[[GateResult], None] | None = None,
     **session_args,
 ) -> ImageBuild:
-    """The whole of `api_image` in one call: snapshot, gates (raising `GateFailed`), build, immutable push.
-
-    `gates` replaces the source's gates file when given."""
+    """The whole of `api_image` in one call: snapshot, gates (raising `GateFailed`), build, immutable push."""
     with BuildSession(**session_args) as session:
-        for result in session.gates(gates, gates_file):
+        for result in session.gates(gates_file):
             if on_gate:
                 on_gate(result)
         return session.build_and_push()
