@@ -114,10 +114,17 @@ def _prefix(value: str) -> str:
     return value
 
 
-def _positive_int(value: str) -> int:
-    if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
-        raise ValueError("a whole number of at least 1")
-    return int(value)
+def _whole_number(low: int, high: int):
+    """A parser of whole numbers from `low` to `high`. Every number has an upper bound, so a slip such as
+    1000000 is refused at load instead of overflowing date arithmetic in a run hours later."""
+
+    def parse(value: str) -> int:
+        value = value.strip()
+        if not re.fullmatch(r"[0-9]{1,18}", value) or not low <= int(value) <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
+        return int(value)
+
+    return parse
 
 
 _COMPRESSION_LEVELS = {"gzip": range(1, 10), "zstd": range(1, 23)}
@@ -230,8 +237,10 @@ _VARIABLES = {
     "HOTPOT_PG_BIN_DIR": ("pg_bin_dir", _pg_bin_dir, None),
     "HOTPOT_BACKUP_BUCKET": ("backup_bucket", _bucket, "thehotpotspot-backups"),
     "HOTPOT_BACKUP_PREFIX": ("backup_prefix", _prefix, "database/"),
-    "HOTPOT_BACKUP_RETENTION_DAYS": ("backup_retention_days", _positive_int, 30),
-    "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _positive_int, 7),
+    # Ten years; far inside what datetime arithmetic can subtract from today.
+    "HOTPOT_BACKUP_RETENTION_DAYS": ("backup_retention_days", _whole_number(1, 3650), 30),
+    # Every run lists these and reads their manifests.
+    "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _whole_number(1, 1000), 7),
     "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
     "HOTPOT_BACKUP_COMPRESSION": ("backup_compression", _compression, None),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),

@@ -2,6 +2,7 @@
 
 import pytest
 
+from hotpot_orchestration import settings as settings_module
 from hotpot_orchestration.settings import SettingsError, load_settings
 
 
@@ -90,8 +91,11 @@ def test_one_colour_without_the_other_is_refused():
         ("HOTPOT_BLUE_SERVERS", "10.0.0.11", "expected a comma-separated list of HOST:PORT"),
         ("HOTPOT_GREEN_SERVERS", "10.0.0.21:8080,", "expected a comma-separated list of HOST:PORT"),
         ("HOTPOT_GREEN_SERVERS", "10.0.0.21:99999", "expected a comma-separated list of HOST:PORT"),
-        ("HOTPOT_BACKUP_RETENTION_DAYS", "-3", "expected a whole number of at least 1"),
-        ("HOTPOT_BACKUP_MIN_KEEP", "seven", "expected a whole number of at least 1"),
+        ("HOTPOT_BACKUP_RETENTION_DAYS", "-3", "expected a whole number from 1 to 3650"),
+        ("HOTPOT_BACKUP_RETENTION_DAYS", "1000000", "expected a whole number from 1 to 3650"),
+        ("HOTPOT_BACKUP_RETENTION_DAYS", "9" * 400, "expected a whole number from 1 to 3650"),
+        ("HOTPOT_BACKUP_MIN_KEEP", "seven", "expected a whole number from 1 to 1000"),
+        ("HOTPOT_BACKUP_MIN_KEEP", "1001", "expected a whole number from 1 to 1000"),
         ("HOTPOT_BACKUP_COMPRESSION", "brotli", "expected gzip or zstd, optionally with a level"),
         ("HOTPOT_BACKUP_COMPRESSION", "gzip:0", "gzip:1 to gzip:9"),
         ("HOTPOT_BACKUP_COMPRESSION", "zstd:23", "zstd:1 to zstd:22"),
@@ -133,3 +137,43 @@ def test_secret_values_are_never_echoed():
         )
     assert secret not in str(error.value)
     assert "HOTPOT_DATABASE_URL" in str(error.value) and "HOTPOT_DRILL_DATABASE_URL" in str(error.value)
+
+
+def _numeric_variables() -> list[str]:
+    """Every variable whose value is a number: those whose parser turns "1" into an int."""
+    numeric = []
+    for variable, (_, parse, _) in settings_module._VARIABLES.items():
+        try:
+            parsed = parse("1")
+        except ValueError:
+            continue
+        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
+            numeric.append(variable)
+    return numeric
+
+
+def test_every_numeric_setting_has_an_upper_bound_refused_by_name():
+    numeric = _numeric_variables()
+    assert {"HOTPOT_BACKUP_RETENTION_DAYS", "HOTPOT_BACKUP_MIN_KEEP"} <= set(numeric)
+    for variable in numeric:
+        with pytest.raises(SettingsError) as error:
+            load_settings({variable: "1000000000000"})
+        assert f"{variable}='1000000000000' is not valid" in str(error.value)
+
+
+def test_the_longest_retention_allowed_plans_without_overflow():
+    """HOTPOT_BACKUP_RETENTION_DAYS=1000000 once loaded and crashed backup_retention with OverflowError."""
+    from datetime import UTC, datetime, timedelta
+
+    from hotpot_orchestration.backups.catalog import Backup
+    from hotpot_orchestration.backups.retention import plan_retention
+
+    with pytest.raises(SettingsError, match="HOTPOT_BACKUP_RETENTION_DAYS='1000000' is not valid"):
+        load_settings({"HOTPOT_BACKUP_RETENTION_DAYS": "1000000"})
+    longest = load_settings({"HOTPOT_BACKUP_RETENTION_DAYS": "3650", "HOTPOT_BACKUP_MIN_KEEP": "1000"})
+    now = datetime.now(UTC)
+    old = Backup("d/x.dump", "d/x.manifest.json", "2020-01-01", now - timedelta(days=4000), {}, True)
+    plan = plan_retention(
+        [old], now=now, retention_days=longest.backup_retention_days, min_keep=longest.backup_min_keep
+    )
+    assert plan.keep == [old] and plan.guarded == [old]
