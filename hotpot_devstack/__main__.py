@@ -1,7 +1,9 @@
-"""`python -m hotpot_devstack [--traffic-rate R] [--traffic-hours H] up | run -- COMMAND...`
+"""`python -m hotpot_devstack [--traffic-rate R] [--traffic-hours H] [--sample S] up | ui | run -- COMMAND...`
 
 up   start the stack, write its environment to .devstack/env.sh, wait for Ctrl-C or SIGTERM, stop it.
-run  the same, but run COMMAND with that environment and stop the stack when COMMAND exits (`make dev`).
+ui   the same, with dagster-webserver and dagster-daemon on it (`make dev`): the full Dagster logs go to
+     files beside the env file, warnings and errors also to the terminal.
+run  the same as up, but run COMMAND with that environment and stop the stack when COMMAND exits.
 
 Synthetic traffic goes through the stack's nginx at R requests per second until the stack stops, or for at
 most H hours.
@@ -12,19 +14,28 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+from .dagster_services import CHECKOUT, DagsterServices
+from .sample import SAMPLE_SIZES
 from .stack import TRAFFIC_RATE, TRAFFIC_SECONDS, DevStack
+
+# Termination signals, as bits of /proc/PID/status's SigCgt mask (bit N-1 is signal N).
+_TERMINATING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_LEVEL = re.compile(r" - (WARNING|ERROR|CRITICAL) - ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _default_env_file() -> Path:
     """.devstack/env.sh in the repository root when running from a checkout, else in the current directory."""
-    checkout = Path(__file__).resolve().parents[2]
-    root = checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+    root = CHECKOUT if (CHECKOUT / "pyproject.toml").exists() else Path.cwd()
     return root / ".devstack" / "env.sh"
 
 
@@ -46,6 +57,62 @@ def _positive(value: str) -> float:
 
 def _raise_system_exit(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _caught_signals(pid: int) -> set[int]:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return set()
+    mask = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.MULTILINE)[1], 16)
+    return {sig for sig in _TERMINATING if mask >> (sig - 1) & 1}
+
+
+def wait_for_stop() -> None:
+    """Return when our parent is going away; SIGINT/SIGTERM/SIGHUP to us raise out of the wait.
+
+    GNU make, sent SIGINT alone (not from a terminal, which signals the whole group), does not pass it on:
+    it resets its handler to the default and waits for its children to exit. So a parent that stops
+    catching a termination signal it caught before, or that is gone, means "stop" as much as a signal does.
+    """
+    parent = os.getppid()
+    caught = _caught_signals(parent)
+    while os.getppid() == parent and _caught_signals(parent) >= caught:
+        time.sleep(0.25)
+
+
+def _echo_warnings(logs: list[Path], stop: threading.Event) -> None:
+    """Copy the warnings and errors of Dagster's log files to the terminal; the rest stays in the files."""
+    offsets = {path: path.stat().st_size if path.exists() else 0 for path in logs}
+    while not stop.wait(0.5):
+        for path in logs:
+            try:
+                with open(path, errors="replace") as file:
+                    file.seek(offsets[path])
+                    text = file.read()
+                    offsets[path] = file.tell()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if _LEVEL.search(_ANSI.sub("", line)):
+                    print(f"[{path.stem}] {line}", file=sys.stderr, flush=True)
+
+
+def _banner(stack: DevStack, ui: DagsterServices, env_file: Path) -> str:
+    return f"""
+The Hot Pot Spot's operations pipeline is up.
+  Dagster UI      {ui.url}
+  API via nginx   {stack.nginx.url}   (curl -si {stack.nginx.url}/ : X-Track names the colour)
+  environment     {env_file}   (`. {env_file}` for the dagster CLI; holds the database password)
+  Dagster logs    {ui.log_dir / "webserver.log"}, {ui.log_dir / "daemon.log"}   (warnings also here)
+First three things to do, in the UI:
+  1. Jobs > nightly_backup_job > Materialize the latest partition: a verified backup in S3 (the nightly
+     schedule takes one at 02:00 too; backup and drill schedules are on from the start).
+  2. Jobs > restore_drill_job > Launch: the backup restored into a scratch database and every table checked.
+  3. Jobs > build_image_job > Launch, then launch canary_release_job (or turn on new_image_tag_sensor):
+     watch traffic move to the new colour through nginx, judged by Prometheus.
+Ctrl-C (or SIGTERM) stops everything.
+"""
 
 
 def _run_command(argv: list[str], env: dict[str, str]) -> int:
@@ -73,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         help="requests per second (default: %(default)g)",
     )
     parser.add_argument(
+        "--sample",
+        choices=SAMPLE_SIZES,
+        default="small",
+        help="sample database: a few hundred rows, or a restaurant's year (default: %(default)s)",
+    )
+    parser.add_argument(
         "--traffic-hours",
         type=_positive,
         default=TRAFFIC_SECONDS / 3600,
@@ -80,6 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the stack and wait for Ctrl-C")
+    ui = commands.add_parser("ui", help="start the stack and the Dagster UI and daemon, wait for Ctrl-C")
+    ui.add_argument(
+        "--port", type=int, default=3000, help="the UI's port on 127.0.0.1 (default: %(default)s)"
+    )
+    ui.add_argument(
+        "--dagster-home",
+        type=Path,
+        default=CHECKOUT / ".dagster_home",
+        help="run history (default: %(default)s)",
+    )
     run = commands.add_parser("run", help="start the stack, run COMMAND with its environment, stop")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="command and its arguments")
     args = parser.parse_args(argv)
@@ -89,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and not command:
         parser.error("run needs a command: run -- COMMAND [ARGS...]")
 
-    # SIGTERM unwinds like Ctrl-C so the `with` block below stops every service. SIGINT gets its handler
-    # back explicitly: a shell starting us in the background (`make dev &`) hands it down ignored.
+    # SIGTERM and SIGHUP unwind like Ctrl-C so the `with` block below stops every service. SIGINT gets its
+    # handler back explicitly: a shell starting us in the background (`make dev &`) hands it down ignored.
     signal.signal(signal.SIGTERM, _raise_system_exit)
+    signal.signal(signal.SIGHUP, _raise_system_exit)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     print(
         "starting PostgreSQL, S3, registry, the sample app (blue and green), nginx and Prometheus "
@@ -100,15 +184,22 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        with DevStack(traffic_rate=args.traffic_rate, traffic_seconds=args.traffic_hours * 3600) as stack:
+        with DevStack(
+            traffic_rate=args.traffic_rate,
+            traffic_seconds=args.traffic_hours * 3600,
+            sample_size=args.sample,
+        ) as stack:
             write_env_file(stack.env(), args.env_file)
             print(stack.summary(), file=sys.stderr)
             print(f"environment (with the database password): {args.env_file}", file=sys.stderr, flush=True)
             try:
                 if args.command == "run":
                     return _run_command(command, stack.env())
-                print("Ctrl-C stops the stack.", file=sys.stderr, flush=True)
-                signal.pause()
+                if args.command == "ui":
+                    _serve_ui(stack, args)
+                else:
+                    print("Ctrl-C stops the stack.", file=sys.stderr, flush=True)
+                    wait_for_stop()
             except KeyboardInterrupt:
                 pass
             finally:
@@ -117,6 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _serve_ui(stack: DevStack, args: argparse.Namespace) -> None:
+    print("starting dagster-webserver and dagster-daemon ...", file=sys.stderr, flush=True)
+    logs = args.env_file.parent / "logs"
+    with DagsterServices(stack.env(), home=args.dagster_home, port=args.port, logs=logs) as ui:
+        stop_echo = threading.Event()
+        echo = threading.Thread(
+            target=_echo_warnings,
+            args=([logs / "webserver.log", logs / "daemon.log"], stop_echo),
+            daemon=True,
+        )
+        echo.start()
+        print(_banner(stack, ui, args.env_file), file=sys.stderr, flush=True)
+        try:
+            wait_for_stop()
+        finally:
+            stop_echo.set()
+            print("stopping Dagster ...", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,50 @@
-"""dagster-webserver and dagster-daemon on a private DAGSTER_HOME, as an operator runs them.
+"""dagster-webserver and dagster-daemon, as an operator runs them: `make dev`'s UI and the end-to-end tests.
 
-Used by the end-to-end tests of the operator's surface: everything goes through the GraphQL API the UI
-itself uses. The project's own `dagster.yaml` and `workspace.yaml` are used as they are.
+The tests get a private DAGSTER_HOME and a free port, and drive everything through the GraphQL API the UI
+itself uses; `make dev` keeps its run history in `.dagster_home` and serves on port 3000. The project's own
+`dagster.yaml` and `workspace.yaml` are used as they are. The two programs run directly rather than under
+`dagster dev`, which warns about a dagster.yaml beside the workspace that DAGSTER_HOME does use (a link).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from ._process import Service, ServiceError, free_port
+from ._process import Service, ServiceError, free_port, port_is_open
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 class DagsterServices(Service):
     name = "dagster"
     startup_timeout = 120.0
 
-    def __init__(self, env: dict[str, str] | None = None, checkout: Path = CHECKOUT) -> None:
+    # Both programs stop within this; `make dev` must be gone in 10 s with the stack's services after them.
+    stop_grace = 4.0
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        checkout: Path = CHECKOUT,
+        home: Path | None = None,
+        port: int | None = None,
+        logs: Path | None = None,
+    ) -> None:
+        """`home`, `port`, `logs`: a lasting DAGSTER_HOME (its dagster.yaml a link to the checkout's), a fixed
+        port and a lasting log directory; unset, a private temp home, a free port, logs in the temp dir."""
         super().__init__()
         self.extra_env = dict(env or {})
         self.checkout = checkout
+        self._home = home
+        self._fixed_port = port
+        self._logs = logs
         self.port = 0
 
     @property
@@ -33,12 +53,25 @@ class DagsterServices(Service):
 
     @property
     def home(self) -> Path:
-        return self.tmp / "dagster_home"
+        return self._home or self.tmp / "dagster_home"
+
+    @property
+    def log_dir(self) -> Path:
+        return self._logs or self.tmp
 
     def _start(self) -> None:
-        self.home.mkdir()
-        shutil.copy(self.checkout / "dagster.yaml", self.home / "dagster.yaml")
-        self.port = free_port()
+        if self._home is None:
+            self.home.mkdir()
+            shutil.copy(self.checkout / "dagster.yaml", self.home / "dagster.yaml")
+        else:
+            self.home.mkdir(parents=True, exist_ok=True)
+            link = self.home / "dagster.yaml"
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.checkout / "dagster.yaml")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self._fixed_port and port_is_open(self._fixed_port):
+            raise ServiceError(f"port {self._fixed_port} is taken: is another `make dev` running?")
+        self.port = self._fixed_port or free_port()
         env = {**os.environ, **self.extra_env, "DAGSTER_HOME": str(self.home)}
         bin_dir = Path(sys.executable).parent
         workspace = str(self.checkout / "workspace.yaml")
@@ -72,6 +105,16 @@ class DagsterServices(Service):
                 raise ServiceError(f"code location {entry['name']} failed to load: {error['message']}")
         return bool(entries) and all(entry["loadStatus"] == "LOADED" for entry in entries)
 
+    def _stop(self) -> None:
+        # Both at once, so the grace periods do not add up; Service.stop() kills what is left.
+        for proc, _ in self._procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace
+        for proc, _ in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
         import httpx
 
@@ -85,4 +128,4 @@ class DagsterServices(Service):
         return body["data"]
 
     def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
