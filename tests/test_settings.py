@@ -30,6 +30,7 @@ def test_good_values_are_parsed():
             "HOTPOT_REGISTRY": "127.0.0.1:5000",
             "HOTPOT_PROMETHEUS_URL": "http://127.0.0.1:9090/",
             "HOTPOT_ROUTER": "gateway-api",
+            "HOTPOT_K8S_APP_NAMESPACE": "hotpot",
             "HOTPOT_TIMEZONE": "Europe/Moscow",
             "HOTPOT_BACKUP_COMPRESSION": "zstd:9",
         }
@@ -39,6 +40,23 @@ def test_good_values_are_parsed():
     assert settings.backup_retention_days == 45
     assert settings.prometheus_url == "http://127.0.0.1:9090"
     assert settings.router == "gateway-api"
+    assert settings.k8s_app_namespace == "hotpot"
+
+
+@pytest.mark.parametrize(
+    ("environ", "missing"),
+    [
+        ({"HOTPOT_ROUTER": "ingress-nginx"}, ["HOTPOT_K8S_APP_NAMESPACE"]),
+        ({"HOTPOT_ROUTER": "gateway-api"}, ["HOTPOT_K8S_APP_NAMESPACE"]),
+        ({"HOTPOT_IMAGE_BUILDER": "kaniko"}, ["HOTPOT_K8S_BUILD_NAMESPACE", "HOTPOT_KANIKO_REGISTRY_SECRET"]),
+    ],
+)
+def test_kubernetes_routers_and_builders_need_their_namespaces(environ, missing):
+    """No namespace defaults to `default`: the load stops, naming what to set."""
+    with pytest.raises(SettingsError) as error:
+        load_settings(environ)
+    for variable in missing:
+        assert f"{variable} is not set: {next(iter(environ))}=" in str(error.value)
 
 
 def test_nginx_router_variables_configure_the_traffic_router(tmp_path):
@@ -111,6 +129,9 @@ def test_one_colour_without_the_other_is_refused():
         ("HOTPOT_PG_BIN_DIR", "/nonexistent/bin", "expected an existing directory"),
         ("HOTPOT_APP_SOURCE", "/", "expected a source checkout with a Dockerfile"),
         ("HOTPOT_DATABASE_URL", "postgresql://app@db.internal", "expected a libpq URL"),
+        ("HOTPOT_K8S_APP_NAMESPACE", "Hotpot_API", "expected a namespace name (DNS-1123 label)"),
+        ("HOTPOT_K8S_BUILD_NAMESPACE", "x" * 64, "expected a namespace name (DNS-1123 label)"),
+        ("HOTPOT_KANIKO_REGISTRY_SECRET", "push/creds", "expected a Kubernetes object name"),
     ],
 )
 def test_bad_value_names_the_variable_and_accepted_form(variable, value, expected):

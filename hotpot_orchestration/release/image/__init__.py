@@ -171,16 +171,7 @@ def production_digest(instance: dg.DagsterInstance) -> str | None:
     return str(value) if value else None
 
 
-@dg.sensor(
-    name="new_image_tag_sensor",
-    job_name=CANARY_JOB,
-    minimum_interval_seconds=60,
-    description=(
-        "Watches HOTPOT_REGISTRY/HOTPOT_IMAGE_REPOSITORY; for the newest tag allowed by the tag policy whose "
-        "digest is new and not in production, requests canary_release_job (one run per digest)."
-    ),
-)
-def new_image_tag_sensor(
+def watch_registry(
     context: dg.SensorEvaluationContext,
     registry: RegistryResource,
     image_tag_policy: ImageTagPolicyResource,
@@ -226,6 +217,26 @@ def new_image_tag_sensor(
     return dg.SensorResult(run_requests=[run], cursor=cursor)
 
 
+def image_tag_sensor(auto_release: bool) -> dg.SensorDefinition:
+    """`new_image_tag_sensor`: running from the first deployment with `auto_release` (HOTPOT_AUTO_RELEASE),
+    otherwise stopped until an operator starts it."""
+    return dg.sensor(
+        name="new_image_tag_sensor",
+        job_name=CANARY_JOB,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING if auto_release else dg.DefaultSensorStatus.STOPPED,
+        description=(
+            "Watches HOTPOT_REGISTRY/HOTPOT_IMAGE_REPOSITORY; for the newest tag allowed by the tag policy "
+            "whose digest is new and not in production, requests canary_release_job (one run per digest). "
+            "Running by default when HOTPOT_AUTO_RELEASE=true."
+        ),
+    )(watch_registry)
+
+
+# For evaluating the sensor directly; the code location's own follows HOTPOT_AUTO_RELEASE (build_defs).
+new_image_tag_sensor = image_tag_sensor(auto_release=False)
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "registry": RegistryResource(
@@ -236,7 +247,10 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             password=dg.EnvVar("HOTPOT_REGISTRY_PASSWORD") if settings.registry_password else None,
         ),
         "image_build": ImageBuildResource(
-            source=str(settings.app_source or ""), builder=settings.image_builder
+            source=str(settings.app_source or ""),
+            builder=settings.image_builder,
+            kaniko_namespace=settings.k8s_build_namespace,
+            kaniko_registry_secret=settings.kaniko_registry_secret,
         ),
         "image_tag_policy": ImageTagPolicyResource(),
         "release_image": ReleaseImageResource(),
@@ -247,6 +261,6 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[api_image],
         jobs=[build_image_job],
-        sensors=[new_image_tag_sensor],
+        sensors=[image_tag_sensor(settings.auto_release)],
         resources=build_resources(settings),
     )

@@ -10,7 +10,12 @@ Immutability works as with local builders: when the commit tag already exists, t
 and only reports its digest; kaniko builds with `--reproducible`, so the same commit gives the same digest.
 The digest comes back through the container's termination message (`--digest-file=/dev/termination-log`).
 
-The Job is submitted with the official `kubernetes` client (the one dagster-k8s uses), imported lazily.
+The Job is submitted with the official `kubernetes` client (the one dagster-k8s uses), imported lazily, in
+HOTPOT_K8S_BUILD_NAMESPACE. Push credentials come from the kubernetes.io/dockerconfigjson Secret
+HOTPOT_KANIKO_REGISTRY_SECRET in that namespace, mounted as kaniko's /kaniko/.docker/config.json. The requests
+are exactly these, and deploy/k8s/rbac-release.yaml grants exactly them in the build namespace:
+  jobs: create, delete (a build past its deadline)   jobs/status: get   pods: list   pods/log: get
+The kaniko pod itself talks to no API server, so it gets no service account token.
 """
 
 from __future__ import annotations
@@ -32,16 +37,17 @@ LABEL_APP = "app.kubernetes.io/name"
 
 @dataclass(frozen=True)
 class KanikoSettings:
-    namespace: str = "hotpot"
+    namespace: str
+    registry_secret: str  # kubernetes.io/dockerconfigjson Secret with push credentials, in `namespace`
     image: str = "gcr.io/kaniko-project/executor:v1.23.2"
-    service_account: str | None = None
-    registry_secret: str | None = None  # kubernetes.io/dockerconfigjson Secret with push credentials
     context: str | None = None  # context URL; {commit} is replaced; None: the origin remote at the commit
     timeout_seconds: int = 1800
     insecure_registry: bool = False  # plain HTTP registry (kaniko's --insecure)
     cpu: str = "1"
     memory: str = "2Gi"
     poll_seconds: float = 5.0
+    # Past activeDeadlineSeconds the Job controller fails the Job itself; after this grace it is deleted.
+    deadline_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -117,14 +123,14 @@ class KanikoBuilder:
                 "limits": {"memory": settings.memory},
             },
         }
-        pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-        if settings.service_account:
-            pod_spec["serviceAccountName"] = settings.service_account
-        if settings.registry_secret:
-            container["volumeMounts"] = [
-                {"name": "registry-auth", "mountPath": "/kaniko/.docker", "readOnly": True}
-            ]
-            pod_spec["volumes"] = [
+        container["volumeMounts"] = [
+            {"name": "registry-auth", "mountPath": "/kaniko/.docker", "readOnly": True}
+        ]
+        pod_spec: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [container],
+            "volumes": [
                 {
                     "name": "registry-auth",
                     "secret": {
@@ -132,7 +138,8 @@ class KanikoBuilder:
                         "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
                     },
                 }
-            ]
+            ],
+        }
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -184,7 +191,7 @@ class KanikoBuilder:
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         batch.create_namespaced_job(namespace, manifest)
         log(f"kaniko Job {namespace}/{name} created")
-        deadline = time.monotonic() + self.settings.timeout_seconds + 60
+        deadline = time.monotonic() + self.settings.timeout_seconds + self.settings.deadline_grace_seconds
         while True:
             status = batch.read_namespaced_job_status(name, namespace).status
             if status.succeeded:

@@ -66,11 +66,14 @@ class ImageBuildResource(dg.ConfigurableResource):
     work_dir: str | None = Field(default=None, description="parent of build workspaces; unset: the temp dir")
     buildah_binary: str = "buildah"
     docker_binary: str = "docker"
-    kaniko_namespace: str = Field(default="hotpot", description="namespace of kaniko build Jobs")
+    kaniko_namespace: str | None = Field(
+        default=None, description="namespace of kaniko build Jobs (HOTPOT_K8S_BUILD_NAMESPACE)"
+    )
     kaniko_image: str = Field(default="gcr.io/kaniko-project/executor:v1.23.2")
-    kaniko_service_account: str | None = None
     kaniko_registry_secret: str | None = Field(
-        default=None, description="a kubernetes.io/dockerconfigjson Secret with push credentials"
+        default=None,
+        description="kubernetes.io/dockerconfigjson Secret with push credentials, in the build namespace "
+        "(HOTPOT_KANIKO_REGISTRY_SECRET)",
     )
     kaniko_context: str | None = Field(
         default=None,
@@ -87,14 +90,19 @@ class ImageBuildResource(dg.ConfigurableResource):
         if self.builder == "docker":
             return DockerBuilder(self.docker_binary)
         if self.builder == "kaniko":
+            from hotpot_orchestration.release.image.builders import BuilderUnavailable
             from hotpot_orchestration.release.image.kaniko import KanikoBuilder, KanikoSettings
 
+            if not self.kaniko_namespace or not self.kaniko_registry_secret:
+                raise BuilderUnavailable(
+                    "HOTPOT_IMAGE_BUILDER=kaniko needs HOTPOT_K8S_BUILD_NAMESPACE (where build Jobs run) and "
+                    "HOTPOT_KANIKO_REGISTRY_SECRET (the push credentials' Secret there)"
+                )
             return KanikoBuilder(
                 KanikoSettings(
                     namespace=self.kaniko_namespace,
-                    image=self.kaniko_image,
-                    service_account=self.kaniko_service_account,
                     registry_secret=self.kaniko_registry_secret,
+                    image=self.kaniko_image,
                     context=self.kaniko_context,
                     timeout_seconds=self.kaniko_timeout_seconds,
                     insecure_registry=plain_http,

@@ -43,7 +43,10 @@ class TrafficRouterResource(dg.ConfigurableResource):
     kube_api_url: str | None = Field(
         default=None, description="API server URL; unset: in-cluster service account, else ~/.kube/config"
     )
-    namespace: str = KubernetesTarget.namespace
+    namespace: str | None = Field(
+        default=None,
+        description="namespace of the API's Deployments, Ingress, HTTPRoute (HOTPOT_K8S_APP_NAMESPACE)",
+    )
     deployment: str = Field(default=KubernetesTarget.deployment, description="Deployment name; {color}")
     service: str = Field(default=KubernetesTarget.service, description="Service name; {color}")
     container: str = KubernetesTarget.container
@@ -69,6 +72,10 @@ class TrafficRouterResource(dg.ConfigurableResource):
             api_client,
         )
 
+        if not self.namespace:
+            raise ValueError(
+                f"HOTPOT_ROUTER={self.kind} needs HOTPOT_K8S_APP_NAMESPACE (where the API's objects are)"
+            )
         target = KubernetesTarget(
             namespace=self.namespace,
             deployment=self.deployment,
@@ -102,6 +109,8 @@ def traffic_router_resource(settings: Settings) -> TrafficRouterResource:
         for field, value in nginx.items()
         if value is not None
     }
+    if settings.k8s_app_namespace:
+        configured["namespace"] = settings.k8s_app_namespace
     return TrafficRouterResource(kind=settings.router, **configured)
 
 

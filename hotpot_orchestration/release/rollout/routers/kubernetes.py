@@ -9,8 +9,10 @@ down) and waits the way `kubectl rollout status` does. Traffic moves in one of t
 - `gateway-api`: one HTTPRoute whose backendRefs list both colours' Services with weights; the live colour is
   recorded in an annotation on the route, since equal weights alone could not tell.
 
-Objects are read, changed and replaced with their resourceVersion, so a concurrent edit fails loudly instead
-of being overwritten.
+Every change is a PATCH (the verb the release Role grants; never PUT) that carries the resourceVersion the
+change was computed from, so a concurrent edit fails with 409 instead of being overwritten. The requests are
+exactly these, and deploy/k8s/rbac-release.yaml grants exactly them in HOTPOT_K8S_APP_NAMESPACE:
+  deployments: get, patch       ingresses: get, patch, create (the canary, once)       httproutes: get, patch
 """
 
 from __future__ import annotations
@@ -32,13 +34,17 @@ CANARY_ANNOTATION = "nginx.ingress.kubernetes.io/canary"
 WEIGHT_ANNOTATION = "nginx.ingress.kubernetes.io/canary-weight"
 LIVE_ANNOTATION = "release.thehotpotspot.com/live-color"
 GATEWAY_GROUP, GATEWAY_VERSION = "gateway.networking.k8s.io", "v1"
+# The client would label a dict body as a JSON patch (its first content type): say what it is.
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 
 
 @dataclass(frozen=True)
 class KubernetesTarget:
-    """Names of the objects a release touches; the defaults are the seed's (`api-server-blue`, ...)."""
+    """Names of the objects a release touches; the defaults are the seed's (`api-server-blue`, ...). The
+    namespace has no default (HOTPOT_K8S_APP_NAMESPACE)."""
 
-    namespace: str = "default"
+    namespace: str
     deployment: str = "api-server-{color}"
     service: str = "api-server-{color}"
     container: str = "api-server"
@@ -106,21 +112,24 @@ class _KubernetesColors:
     def _read_deployment(self, color: str):
         return self.apps.read_namespaced_deployment(self.target.deployment_name(color), self.target.namespace)
 
-    def _replace_deployment(self, deployment) -> None:
-        self.apps.replace_namespaced_deployment(deployment.metadata.name, self.target.namespace, deployment)
+    def _patch_deployment(self, deployment, spec: dict) -> None:
+        # Strategic merge: `containers` merge by name, so only this container's image changes.
+        body = {"metadata": {"resourceVersion": deployment.metadata.resource_version}, "spec": spec}
+        self.apps.patch_namespaced_deployment(
+            deployment.metadata.name, self.target.namespace, body, _content_type=STRATEGIC_MERGE_PATCH
+        )
 
     def deploy(self, color: str, image: str) -> None:
         deployment = self._read_deployment(color)
-        containers = [c for c in deployment.spec.template.spec.containers if c.name == self.target.container]
-        if not containers:
+        if not any(c.name == self.target.container for c in deployment.spec.template.spec.containers):
             raise RouterError(
                 f"deployment {deployment.metadata.name} has no container named {self.target.container!r}"
             )
-        containers[0].image = image
+        spec: dict = {"template": {"spec": {"containers": [{"name": self.target.container, "image": image}]}}}
         if not deployment.spec.replicas:
             # A colour scaled down after the previous release comes back at the size of the live one.
-            deployment.spec.replicas = self._read_deployment(other(color)).spec.replicas or 1
-        self._replace_deployment(deployment)
+            spec["replicas"] = self._read_deployment(other(color)).spec.replicas or 1
+        self._patch_deployment(deployment, spec)
         self.wait_for_rollout(color)
 
     def wait_for_rollout(self, color: str) -> None:
@@ -138,9 +147,7 @@ class _KubernetesColors:
 
     def scale_down(self, color: str) -> None:
         refuse_live(color, self.state())
-        deployment = self._read_deployment(color)
-        deployment.spec.replicas = 0
-        self._replace_deployment(deployment)
+        self._patch_deployment(self._read_deployment(color), {"replicas": 0})
 
     def health_url(self, color: str) -> str:
         service = self.target.service_name(color)
@@ -195,10 +202,8 @@ class IngressNginxRouter(_KubernetesColors):
                 return None
             raise
 
-    def _canary_ingress(self, primary):
-        existing = self._find_ingress(self.target.canary_ingress)
-        if existing is not None:
-            return existing
+    def _create_canary(self, color: str, weight: int) -> None:
+        primary = self._read_ingress(self.target.ingress)
         canary = copy.deepcopy(primary)
         canary.metadata = type(primary.metadata)(
             name=self.target.canary_ingress,
@@ -207,13 +212,26 @@ class IngressNginxRouter(_KubernetesColors):
             annotations={
                 **(primary.metadata.annotations or {}),
                 CANARY_ANNOTATION: "true",
-                WEIGHT_ANNOTATION: "0",
+                WEIGHT_ANNOTATION: str(weight),
             },
         )
         canary.status = None
         canary.spec.tls = None  # the primary Ingress already terminates TLS for these hosts
-        self._route_to(canary, other(self._live_color(primary)))
-        return self.networking.create_namespaced_ingress(self.target.namespace, canary)
+        self._route_to(canary, color)
+        self.networking.create_namespaced_ingress(self.target.namespace, canary)
+
+    def _patch_ingress(self, ingress, annotations: dict[str, str] | None = None) -> None:
+        # Merge patch: the annotations given are merged, the (edited) rules replace the stored ones.
+        spec = self.networking.api_client.sanitize_for_serialization(ingress.spec)
+        metadata: dict = {"resourceVersion": ingress.metadata.resource_version}
+        if annotations:
+            metadata["annotations"] = annotations
+        self.networking.patch_namespaced_ingress(
+            ingress.metadata.name,
+            self.target.namespace,
+            {"metadata": metadata, "spec": spec},
+            _content_type=MERGE_PATCH,
+        )
 
     def state(self) -> RouteState:
         primary = self._read_ingress(self.target.ingress)
@@ -225,14 +243,13 @@ class IngressNginxRouter(_KubernetesColors):
         return RouteState(live, int(annotations.get(WEIGHT_ANNOTATION, "0")))
 
     def _set_canary(self, color: str, weight: int) -> None:
-        canary = self._canary_ingress(self._read_ingress(self.target.ingress))
-        canary.metadata.annotations = {
-            **(canary.metadata.annotations or {}),
-            CANARY_ANNOTATION: "true",
-            WEIGHT_ANNOTATION: str(weight),
-        }
+        canary = self._find_ingress(self.target.canary_ingress)
+        if canary is None:
+            if weight:  # no canary Ingress already means 0 %: nothing to create for that
+                self._create_canary(color, weight)
+            return
         self._route_to(canary, color)
-        self.networking.replace_namespaced_ingress(canary.metadata.name, self.target.namespace, canary)
+        self._patch_ingress(canary, {CANARY_ANNOTATION: "true", WEIGHT_ANNOTATION: str(weight)})
 
     def set_weight(self, canary_weight: int) -> RouteState:
         live = self.state().live
@@ -247,7 +264,7 @@ class IngressNginxRouter(_KubernetesColors):
         self._set_canary(new, 100)
         primary = self._read_ingress(self.target.ingress)
         self._route_to(primary, new)
-        self.networking.replace_namespaced_ingress(primary.metadata.name, self.target.namespace, primary)
+        self._patch_ingress(primary)
         self._set_canary(old, 0)
         return RouteState(new, 0)
 
@@ -290,7 +307,7 @@ class GatewayApiRouter(_KubernetesColors):
             refs = [ref for ref in rule.get("backendRefs", ()) if self.target.color_of_service(ref["name"])]
             if not refs:
                 continue
-            # Both colours are listed at all times (weight 0 is valid), so the change is one replace.
+            # Both colours are listed at all times (weight 0 is valid), so the change is one patch.
             others = [ref for ref in rule["backendRefs"] if not self.target.color_of_service(ref["name"])]
             if others:
                 raise RouterError(
@@ -302,9 +319,16 @@ class GatewayApiRouter(_KubernetesColors):
                 {**template, "name": self.target.service_name(color), "weight": shares[color]}
                 for color in COLORS
             ]
-        route["metadata"].setdefault("annotations", {})[LIVE_ANNOTATION] = state.live
-        self.custom.replace_namespaced_custom_object(
-            GATEWAY_GROUP, GATEWAY_VERSION, self.target.namespace, "httproutes", self.target.http_route, route
+        patch = {
+            "metadata": {
+                "resourceVersion": route["metadata"]["resourceVersion"],
+                "annotations": {LIVE_ANNOTATION: state.live},
+            },
+            "spec": {"rules": route["spec"].get("rules", [])},
+        }
+        # Custom resources take JSON merge patches: `rules` is replaced as a whole, in one request.
+        self.custom.patch_namespaced_custom_object(
+            GATEWAY_GROUP, GATEWAY_VERSION, self.target.namespace, "httproutes", self.target.http_route, patch
         )
         return state
 
