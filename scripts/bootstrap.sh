@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # nginx, prometheus, docker-registry: the devstack's router, metrics and registry; buildah: image builds;
-# gcc: compiles the sample app; chromium: the browser check of the Dagster UI.
-APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev chromium)
+# gcc: compiles the sample app; chromium: the browser check of the Dagster UI; postgresql-client-15 and
+# postgresql-15: backups with PostgreSQL 15's own pg_dump (/usr/lib/postgresql/15/bin), of a PostgreSQL 15
+# server the tests start themselves (the package's own cluster is not used).
+APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev chromium postgresql-client-15 postgresql-15)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -3,9 +3,11 @@
 Session-scoped, shared by all tests (create your own databases, buckets and repositories with unique names):
   postgres    Postgres: .url, .url_for(db), .connect(db), .create_database/.drop_database, .bin_dir, .version
   s3          S3Server: .endpoint_url, .access_key, .secret_key, .region, .client(), .create_bucket(name)
+  seaweedfs   SeaweedFSServer: the same interface, from SeaweedFS (checks part checksums as AWS S3 does)
   registry    Registry without auth: .host ("127.0.0.1:PORT"), .url, .push_test_image(repo, tag)
   prometheus  Prometheus scraping only itself: .url, .query(promql), .set_targets(...)
 Function-scoped:
+  s3_server        each test twice: once with `s3` (moto), once with `seaweedfs`
   fresh_s3         a private S3Server the test may stop ("S3 is down")
   sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
   nginx_factory    nginx_factory(upstreams) -> a started Nginx, stopped after the test
@@ -37,6 +39,7 @@ from hotpot_devstack import (
     seed_sample,
 )
 from hotpot_devstack.dagster_services import DagsterServices
+from hotpot_devstack.s3 import SeaweedFSServer
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +52,18 @@ def postgres() -> Iterator[Postgres]:
 def s3() -> Iterator[S3Server]:
     with S3Server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFSServer]:
+    with SeaweedFSServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_server(request) -> S3Server:
+    """The S3 API of each implementation in turn: moto, and SeaweedFS, which verifies checksums like S3."""
+    return request.getfixturevalue("s3" if request.param == "moto" else "seaweedfs")
 
 
 @pytest.fixture(scope="session")

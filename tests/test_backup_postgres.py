@@ -1,9 +1,14 @@
 """Backups of a real PostgreSQL with the real pg_dump / pg_restore into a real S3 API (moto's server)."""
 
+import hashlib
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -58,9 +63,9 @@ SELECT lo_create(0);
 
 
 @pytest.fixture
-def bucket(s3):
+def bucket(s3_server):
     name = f"backups-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(name)
+    s3_server.create_bucket(name)
     return name
 
 
@@ -91,31 +96,44 @@ def run_sql(postgres, dbname: str, script: str) -> None:
         conn.execute(script)
 
 
-def backup(postgres, s3, bucket, dbname, *, bin_dir=None, url=None, compression=None):
+def backup(
+    postgres,
+    s3_server,
+    bucket,
+    dbname,
+    *,
+    bin_dir=None,
+    url=None,
+    compression=None,
+    stall_seconds=300,
+    orphans_older_than=timedelta(hours=1),
+):
     logs = []
     result = take_backup(
         target=PgTarget.from_url(url or postgres.url_for(dbname)),
         url_variable="HOTPOT_DATABASE_URL",
         bin_dir=bin_dir or postgres.bin_dir,
-        connect_s3=s3.client,
-        endpoint=s3.endpoint_url,
+        connect_s3=s3_server.client,
+        endpoint=s3_server.endpoint_url,
         bucket=bucket,
         prefix=PREFIX,
         partition="2026-03-01",
         encryption=SSE,
         log=logs.append,
         compression=compression,
+        stall_seconds=stall_seconds,
+        orphans_older_than=orphans_older_than,
     )
     return result, logs
 
 
-def backup_failing_while(interfere, postgres, s3, bucket, dbname) -> BackupError:
+def backup_failing_while(interfere, postgres, s3_server, bucket, dbname) -> BackupError:
     """The error of a backup of `dbname` taken while `interfere()` runs on a thread of its own."""
     meddler = threading.Thread(target=interfere)
     meddler.start()
     try:
         with pytest.raises(BackupError) as failure:
-            backup(postgres, s3, bucket, dbname)
+            backup(postgres, s3_server, bucket, dbname)
     finally:
         meddler.join()
     return failure.value
@@ -148,12 +166,12 @@ def fingerprint(postgres, dbname: str) -> dict:
 
 
 def test_round_trip_of_schemas_quoted_names_sequences_and_large_objects(
-    postgres, s3, bucket, database, tmp_path
+    postgres, s3_server, bucket, database, tmp_path
 ):
     run_sql(postgres, database, RICH_SCHEMA)
-    result, logs = backup(postgres, s3, bucket, database)
+    result, logs = backup(postgres, s3_server, bucket, database)
     manifest = result.manifest
-    client = s3.client()
+    client = s3_server.client()
 
     tables = {(t["schema"], t["name"]): t["rows"] for t in manifest["tables"]}
     assert tables == {
@@ -179,7 +197,7 @@ def test_round_trip_of_schemas_quoted_names_sequences_and_large_objects(
     assert any("lifecycle rule" in line for line in logs)
 
     stored = load_backup(client, bucket, PREFIX, result.manifest_key)
-    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3_server.endpoint_url)
     assert verdict.ok, verdict.detail
     assert verdict.rows == sum(tables.values())
 
@@ -200,7 +218,7 @@ def test_round_trip_of_schemas_quoted_names_sequences_and_large_objects(
 
 
 def test_manifest_counts_come_from_the_dumps_snapshot_while_rows_keep_arriving(
-    postgres, s3, bucket, database
+    postgres, s3_server, bucket, database
 ):
     run_sql(postgres, database, "CREATE TABLE orders (id bigserial PRIMARY KEY, note text);")
     run_sql(
@@ -217,21 +235,21 @@ def test_manifest_counts_come_from_the_dumps_snapshot_while_rows_keep_arriving(
     writer.start()
     try:
         time.sleep(0.2)
-        result, _ = backup(postgres, s3, bucket, database)
+        result, _ = backup(postgres, s3_server, bucket, database)
     finally:
         stop.set()
         writer.join()
     counted = result.manifest["tables"][0]["rows"]
     with postgres.connect(database) as conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] > counted > 200000
-    client = s3.client()
+    client = s3_server.client()
     stored = load_backup(client, bucket, PREFIX, result.manifest_key)
-    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3_server.endpoint_url)
     assert verdict.ok, verdict.detail  # the archive holds exactly the counted rows
 
 
 def test_extension_configuration_tables_are_counted_with_the_extensions_filter(
-    postgres, s3, bucket, database
+    postgres, s3_server, bucket, database
 ):
     # What pg_extension_config_dump() does inside an extension script, done by hand on a real extension.
     run_sql(
@@ -247,12 +265,12 @@ def test_extension_configuration_tables_are_counted_with_the_extensions_filter(
         CREATE TABLE public.plain (id int);
         """,
     )
-    result, _ = backup(postgres, s3, bucket, database)
+    result, _ = backup(postgres, s3_server, bucket, database)
     tables = {(t["schema"], t["name"]): t["rows"] for t in result.manifest["tables"]}
     assert tables == {("public", "hstore_settings"): 3, ("public", "plain"): 0}
-    client = s3.client()
+    client = s3_server.client()
     stored = load_backup(client, bucket, PREFIX, result.manifest_key)
-    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3_server.endpoint_url)
     assert verdict.ok, verdict.detail
 
 
@@ -265,10 +283,10 @@ def test_extension_configuration_tables_are_counted_with_the_extensions_filter(
         ("checksum dropped", "no SHA-256 checksum"),
     ],
 )
-def test_a_damaged_archive_fails_verification(postgres, s3, bucket, database, damage, named):
+def test_a_damaged_archive_fails_verification(postgres, s3_server, bucket, database, damage, named):
     run_sql(postgres, database, RICH_SCHEMA)
-    result, _ = backup(postgres, s3, bucket, database)
-    client = s3.client()
+    result, _ = backup(postgres, s3_server, bucket, database)
+    client = s3_server.client()
     key = result.manifest["dump_key"]
     head = client.head_object(Bucket=bucket, Key=key)
     data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
@@ -286,15 +304,15 @@ def test_a_damaged_archive_fails_verification(postgres, s3, bucket, database, da
     stored = load_backup(client, bucket, PREFIX, result.manifest_key)
     # pg_restore spins forever on some damaged blocks: the watchdog must stop it.
     verdict = verify_backup(
-        client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3.endpoint_url, stall_seconds=2
+        client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=s3_server.endpoint_url, stall_seconds=2
     )
     assert not verdict.ok
     assert named in verdict.detail
 
 
-def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3, bucket, database):
+def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3_server, bucket, database):
     run_sql(postgres, database, BIG_TABLE)
-    client = s3.client()
+    client = s3_server.client()
     terminated = []
 
     def terminate_after_first_part():
@@ -314,7 +332,7 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
                     return
             time.sleep(0.02)
 
-    message = str(backup_failing_while(terminate_after_first_part, postgres, s3, bucket, database))
+    message = str(backup_failing_while(terminate_after_first_part, postgres, s3_server, bucket, database))
     assert terminated == [(True,)]
     assert "pg_dump exited with code 1" in message and "nothing was stored" in message
     assert "terminat" in message  # pg_dump's own reason, from its stderr
@@ -322,14 +340,14 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     assert_nothing_stored(client, bucket)
 
 
-def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postgres, s3, bucket, database):
+def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postgres, s3_server, bucket, database):
     """The counts run while S3 assembles the object; if they fail, the complete object is deleted again.
 
     The test takes an exclusive lock on the table while pg_dump is streaming. The lock is granted when
     pg_dump exits, so the count of that table waits on it; the test then terminates the counting backend.
     """
     run_sql(postgres, database, BIG_TABLE)
-    client = s3.client()
+    client = s3_server.client()
     terminated = []
 
     def block_then_kill_the_count():
@@ -350,7 +368,7 @@ def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postg
                 time.sleep(0.02)
             locker.execute("ROLLBACK")
 
-    failure = backup_failing_while(block_then_kill_the_count, postgres, s3, bucket, database)
+    failure = backup_failing_while(block_then_kill_the_count, postgres, s3_server, bucket, database)
     assert terminated == [(True,)]
     assert "reading the snapshot" in str(failure)
     assert_nothing_stored(client, bucket)
@@ -379,7 +397,7 @@ def test_zstd_is_chosen_exactly_when_this_pg_dump_can_write_it(postgres, databas
             PgDump.in_dir(postgres.bin_dir, "zstd:9")
 
 
-def test_the_configured_compression_is_used_and_recorded(postgres, s3, bucket, database):
+def test_the_configured_compression_is_used_and_recorded(postgres, s3_server, bucket, database):
     run_sql(
         postgres,
         database,
@@ -388,34 +406,34 @@ def test_the_configured_compression_is_used_and_recorded(postgres, s3, bucket, d
     )
     sizes = {}
     for compression in ("gzip:1", "gzip:9"):
-        result, _ = backup(postgres, s3, bucket, database, compression=compression)
-        head = s3.client().head_object(Bucket=bucket, Key=result.manifest["dump_key"])
+        result, _ = backup(postgres, s3_server, bucket, database, compression=compression)
+        head = s3_server.client().head_object(Bucket=bucket, Key=result.manifest["dump_key"])
         assert result.manifest["compression"] == head["Metadata"]["compression"] == compression
         sizes[compression] = result.dump_bytes
     assert sizes["gzip:9"] < sizes["gzip:1"]  # the level reached pg_dump
 
 
 @pytest.mark.skipif(not (PG15 / "pg_dump").exists(), reason="no PostgreSQL 15 client installed")
-def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(postgres, s3, bucket, database):
+def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(postgres, s3_server, bucket, database):
     with pytest.raises(BackupError) as refused:
-        backup(postgres, s3, bucket, database, bin_dir=PG15)
+        backup(postgres, s3_server, bucket, database, bin_dir=PG15)
     message = str(refused.value)
     assert "pg_dump 15." in message and f"PostgreSQL {postgres.version}." in message
     assert "HOTPOT_PG_BIN_DIR" in message
-    client = s3.client()
+    client = s3_server.client()
     assert_nothing_stored(client, bucket)
 
 
-def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3, bucket, database):
+def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3_server, bucket, database):
     wrong = f"not-the-password-{uuid.uuid4().hex[:8]}"
     url = postgres.url_for(database).replace(f":{postgres.password}@", f":{wrong}@")
     started = time.monotonic()
     with pytest.raises(BackupError) as refused:
-        backup(postgres, s3, bucket, database, url=url)
+        backup(postgres, s3_server, bucket, database, url=url)
     assert time.monotonic() - started < 5  # refused credentials are not retried
     assert "HOTPOT_DATABASE_URL's password was refused" in str(refused.value)
     assert wrong not in str(refused.value)
-    assert list_backups(s3.client(), bucket, PREFIX) == []
+    assert list_backups(s3_server.client(), bucket, PREFIX) == []
 
 
 def test_an_unreachable_server_is_retried_then_reported():

@@ -16,7 +16,7 @@ from hotpot_orchestration.settings import Settings
 
 def build_defs(settings: Settings) -> dg.Definitions:
     backup, retention = build_backup_assets(settings)
-    job, schedule = build_nightly(backup, retention)
+    job, schedule = build_nightly(backup, retention, settings)
     return dg.Definitions(
         assets=[backup, retention], asset_checks=build_backup_checks(), jobs=[job], schedules=[schedule]
     )

@@ -5,7 +5,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from hotpot_orchestration.backups.catalog import delete_backup, list_backups
+from hotpot_orchestration.backups.catalog import (
+    Orphans,
+    delete_backup,
+    list_backups,
+    orphan_age,
+    remove_orphans,
+)
 from hotpot_orchestration.backups.errors import BackupError, s3_errors
 from hotpot_orchestration.backups.retention import plan_retention
 from hotpot_orchestration.backups.stream import Progress
@@ -28,27 +34,45 @@ def endpoint_of(storage: BackupStorageResource) -> str:
     return storage.endpoint_url or f"AWS S3 ({storage.region})"
 
 
-def failure(context: dg.OpExecutionContext, message: str, *, transient: bool = False) -> dg.Failure:
-    """The step's failure. Unless it may pass by itself, the instance's run retry is told not to replay the
-    run: a refused password or a refused partition fails the same way every time."""
-    if not transient:
-        # Dagster reads this run tag when the run fails (dagster.yaml enables run retries).
-        context.instance.add_run_tags(context.run.run_id, {"dagster/retry_on_asset_or_op_failure": "false"})
+# Attempts of a step that failed with an error that may pass (S3 5xx or unreachable, a part damaged on the
+# way, a lost database connection, a stall), a minute apart and then longer; refused credentials or a
+# refused partition fail at once.
+BACKUP_ATTEMPTS = 3
+BACKUP_RETRY = dg.RetryPolicy(
+    max_retries=BACKUP_ATTEMPTS - 1, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
+def failure(message: str, *, transient: bool = False) -> dg.Failure:
+    """The step's failure: retried by the step's RetryPolicy only when it may pass by itself."""
     return dg.Failure(description=message, allow_retries=transient)
+
+
+def orphan_metadata(orphans: Orphans) -> dict[str, dg.MetadataValue]:
+    return {
+        "orphan_dumps_deleted": dg.MetadataValue.json(orphans.dumps),
+        "orphan_uploads_aborted": dg.MetadataValue.json(orphans.uploads),
+    }
 
 
 def _refuse_stale_partition(context: dg.AssetExecutionContext, now: datetime) -> None:
     window = context.partition_time_window
     if now - window.end > PARTITION_GRACE:
         raise failure(
-            context,
             f"Refusing to back up partition {context.partition_key}: its day ended at "
             f"{window.end.isoformat()}, more than a day ago. A backup is a dump of the database as it is "
             "now, so it cannot stand for that day. Materialize the latest partition instead.",
         )
 
 
-def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+def build_backup_assets(
+    settings: Settings, retry_policy: dg.RetryPolicy = BACKUP_RETRY
+) -> list[dg.AssetsDefinition]:
+    """`retry_policy` is BACKUP_RETRY in the code location; tests pass one with short delays."""
+    older_than = orphan_age(
+        timeout_seconds=settings.backup_timeout_seconds, stall_seconds=settings.backup_stall_seconds
+    )
+
     @dg.asset(
         name="postgres_backup",
         group_name="backups",
@@ -59,6 +83,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
             "snapshot (exact row counts, versions, size, SHA-256). One per day in HOTPOT_TIMEZONE; only "
             "the latest partition can be materialized."
         ),
+        retry_policy=retry_policy,
     )
     def postgres_backup(
         context: dg.AssetExecutionContext, postgres: PostgresResource, backup_storage: BackupStorageResource
@@ -89,11 +114,13 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 log=context.log.info,
                 on_progress=progress,
                 compression=settings.backup_compression,
+                stall_seconds=settings.backup_stall_seconds,
+                orphans_older_than=older_than,
             )
         except (BackupError, PgToolError) as error:
             # Notes say what was left behind when cleaning up after the failure failed too.
             message = " ".join([str(error), *getattr(error, "__notes__", ())])
-            raise failure(context, message, transient=getattr(error, "transient", False)) from None
+            raise failure(message, transient=getattr(error, "transient", False)) from None
         seconds = time.monotonic() - started
         manifest = result.manifest
         context.log.info(
@@ -126,6 +153,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "server_version": dg.MetadataValue.text(manifest["server_version"]),
                 "pg_dump_version": dg.MetadataValue.text(manifest["pg_dump_version"]),
                 "created_at": dg.MetadataValue.timestamp(datetime.fromisoformat(manifest["created_at"])),
+                **orphan_metadata(result.orphans),
             }
         )
 
@@ -137,8 +165,11 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
         description=(
             f"Deletes backups (dump and manifest) older than {settings.backup_retention_days} days "
             f"(HOTPOT_BACKUP_RETENTION_DAYS), always keeping the newest {settings.backup_min_keep} verified "
-            "ones (HOTPOT_BACKUP_MIN_KEEP). Keys it did not write are never touched."
+            "ones (HOTPOT_BACKUP_MIN_KEEP), and what killed backups left (dumps without a manifest, "
+            "unfinished uploads) once older than a backup run can last. Keys it did not write are never "
+            "touched."
         ),
+        retry_policy=retry_policy,
     )
     def backup_retention(
         context: dg.AssetExecutionContext, postgres: PostgresResource, backup_storage: BackupStorageResource
@@ -159,8 +190,18 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 with s3_errors(endpoint, f"deleting s3://{bucket}/{backup.dump_key}"):
                     delete_backup(client, bucket, backup)
                 context.log.info(f"deleted s3://{bucket}/{backup.dump_key} and its manifest")
+            with s3_errors(
+                endpoint, f"removing what killed backups left under s3://{bucket}/{prefix}{database}/"
+            ):
+                orphans = remove_orphans(
+                    client, bucket, prefix, database, older_than=older_than, now=datetime.now(UTC)
+                )
+            for key in orphans.dumps:
+                context.log.info(f"deleted s3://{bucket}/{key}: a dump without a manifest")
+            for key in orphans.uploads:
+                context.log.info(f"aborted the unfinished upload of s3://{bucket}/{key}")
         except BackupError as error:
-            raise failure(context, str(error), transient=error.transient) from None
+            raise failure(str(error), transient=error.transient) from None
         verified_kept = sum(backup.verified for backup in plan.keep)
         if verified_kept < settings.backup_min_keep:
             context.log.warning(
@@ -181,6 +222,7 @@ def build_backup_assets(settings: Settings) -> list[dg.AssetsDefinition]:
                 "kept_keys": dg.MetadataValue.json(
                     [{"key": b.dump_key, "verified": b.verified} for b in plan.keep]
                 ),
+                **orphan_metadata(orphans),
             }
         )
 

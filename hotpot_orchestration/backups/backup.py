@@ -4,6 +4,11 @@ The order is what makes a backup trustworthy: the S3 object appears only after p
 byte was uploaded (each part checked by S3 against its SHA-256), and the manifest (which is what makes a
 backup count) only after the object is complete. Any failure before the object appears aborts the multipart
 upload and stops pg_dump; one after it (the row counts, the manifest) deletes the object.
+
+A backup that stops making progress (pg_dump writes nothing, or S3 stores no part) for `stall_seconds` fails
+saying where it stalled; pg_dump is killed and the snapshot's connection closed at once, not after the stuck
+requests give up. What a killed backup leaves behind (a dump without a manifest, an unfinished upload) is
+removed by a later backup or by retention (`catalog.remove_orphans`) once older than `catalog.orphan_age`.
 """
 
 from __future__ import annotations
@@ -13,17 +18,31 @@ import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hotpot_orchestration.backups.catalog import backup_keys, new_manifest, write_manifest
-from hotpot_orchestration.backups.errors import BackupError, CredentialsRefused, database_error, s3_errors
+from hotpot_orchestration.backups.catalog import (
+    Orphans,
+    backup_keys,
+    new_manifest,
+    remove_orphans,
+    write_manifest,
+)
+from hotpot_orchestration.backups.errors import (
+    BackupError,
+    CredentialsRefused,
+    TransientBackupError,
+    database_error,
+    s3_errors,
+)
 from hotpot_orchestration.backups.proc import running
 from hotpot_orchestration.backups.snapshot import ExportedSnapshot
 from hotpot_orchestration.backups.stream import (
     MiB,
     MultipartUpload,
     Progress,
+    UploadStalled,
     ensure_abort_incomplete_uploads,
     plan_part_size,
 )
@@ -35,6 +54,10 @@ from hotpot_orchestration.platform.pg import PgTarget, PgToolError, tool_version
 # a third of level 6's CPU (4.0 s against 12.2 s on the 1 GB benchmark database) for 21% more bytes.
 ZSTD = "zstd:3"
 GZIP = "gzip:1"
+# The oldest pg_dump whose custom format and options (--snapshot, -Z) this module relies on.
+OLDEST_PG_DUMP = 12
+# `--compress=METHOD:LEVEL` came with pg_dump 16; older ones take a gzip level alone.
+COMPRESS_METHOD_SINCE = 16
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,11 @@ class PgDump:
         either with `:LEVEL`), or when None the fastest it supports. Raises PgToolError if it cannot."""
         path = bin_dir / "pg_dump"
         version = tool_version(path)
+        if int(version.split(".")[0]) < OLDEST_PG_DUMP:
+            raise PgToolError(
+                f"pg_dump {version} ({path}) is older than {OLDEST_PG_DUMP}, the oldest supported: set "
+                f"HOTPOT_PG_BIN_DIR to the bin directory of PostgreSQL {OLDEST_PG_DUMP} or newer"
+            )
         if compression is None:
             compression = ZSTD if _writes_zstd(path, version) else GZIP
         elif compression in ("gzip", "zstd"):
@@ -64,6 +92,13 @@ class PgDump:
                 "HOTPOT_BACKUP_COMPRESSION to gzip"
             )
         return cls(path=path, version=version, compression=compression)
+
+    @property
+    def compress_option(self) -> str:
+        """`--compress` as this pg_dump spells it: `gzip:1` is `1` before pg_dump 16 (gzip is all it has)."""
+        if self.major >= COMPRESS_METHOD_SINCE:
+            return f"--compress={self.compression}"
+        return f"--compress={self.compression.partition(':')[2]}"
 
     def refusal(self, server_version: str, server_major: int) -> str | None:
         """Why this pg_dump must not dump a server of that version, or None."""
@@ -98,6 +133,7 @@ class BackupResult:
     database_bytes: int
     part_size: int
     parts: int
+    orphans: Orphans
 
     @property
     def dump_bytes(self) -> int:
@@ -126,24 +162,45 @@ def _dump_failed(returncode: int, stderr: str, target: PgTarget, url_variable: s
     return type(classified)(f"pg_dump {how}; nothing was stored. {target.redact(stderr) or '(no output)'}")
 
 
+def _stalled(stall: UploadStalled, endpoint: str, stall_seconds: int) -> TransientBackupError:
+    where = f"S3 at {endpoint}" if stall.part is not None else "pg_dump"
+    return TransientBackupError(
+        f"the backup stalled ({where}): {stall}; nothing was stored. It gives up after "
+        f"HOTPOT_BACKUP_STALL_SECONDS={stall_seconds} s without progress."
+    )
+
+
 def _prepare_bucket(
-    connect_s3: Callable[[], Any], endpoint: str, bucket: str, prefix: str
-) -> tuple[Any, list[str]]:
-    """A client that reached the bucket, and what to log about it. Raises BackupError."""
+    connect_s3: Callable[[], Any],
+    endpoint: str,
+    bucket: str,
+    prefix: str,
+    database: str,
+    older_than: timedelta,
+) -> tuple[Any, list[str], Orphans]:
+    """A client that reached the bucket, what to log about it, and the orphans it removed. Raises
+    BackupError."""
     client = connect_s3()
+    notes = []
     # Fails early, with S3's own error code, on a missing bucket or refused credentials.
     with s3_errors(endpoint, f"listing s3://{bucket}/{prefix}"):
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     try:
         with s3_errors(endpoint, f"setting the abort-incomplete-uploads lifecycle rule on s3://{bucket}"):
             if ensure_abort_incomplete_uploads(client, bucket, prefix):
-                return client, [
+                notes.append(
                     f"added a lifecycle rule to s3://{bucket} aborting incomplete uploads under {prefix!r}"
-                ]
+                )
     except BackupError as error:
         # A warning, not a missed backup: this backup aborts its own upload on failure either way.
-        return client, [f"WARNING: {error}"]
-    return client, []
+        notes.append(f"WARNING: {error}")
+    with s3_errors(endpoint, f"removing what killed backups left under s3://{bucket}/{prefix}{database}/"):
+        orphans = remove_orphans(
+            client, bucket, prefix, database, older_than=older_than, now=datetime.now(UTC)
+        )
+    notes += [f"deleted s3://{bucket}/{key}: a dump without a manifest" for key in orphans.dumps]
+    notes += [f"aborted the unfinished upload of s3://{bucket}/{key}" for key in orphans.uploads]
+    return client, notes, orphans
 
 
 @contextlib.contextmanager
@@ -168,19 +225,25 @@ def take_backup(
     partition: str,
     encryption: dict[str, str],
     log: Callable[[str], None],
+    stall_seconds: int,
+    orphans_older_than: timedelta,
     on_progress: Callable[[Progress], None] | None = None,
     compression: str | None = None,
 ) -> BackupResult:
     """Dump `target` into `bucket` for `partition`; returns what was stored. Raises BackupError.
 
     `compression` is pg_dump's (see `PgDump.in_dir`); None picks the fastest this pg_dump supports.
+    `stall_seconds` bounds a stall (HOTPOT_BACKUP_STALL_SECONDS); dumps without a manifest and unfinished
+    uploads of this database older than `orphans_older_than` (see `catalog.orphan_age`) are removed first.
 
     `connect_s3` returns an S3 client. It runs on a thread of its own, followed by the bucket's checks,
     while pg_dump starts: importing boto3 and pg_dump's reading of the catalog each take a few hundred ms
     and neither needs the other. Nothing is uploaded before the bucket passed its checks.
     """
     with _side_threads() as helpers:
-        bucket_ready = helpers.submit(_prepare_bucket, connect_s3, endpoint, bucket, prefix)
+        bucket_ready = helpers.submit(
+            _prepare_bucket, connect_s3, endpoint, bucket, prefix, target.dbname, orphans_older_than
+        )
         try:
             pg_dump = PgDump.in_dir(bin_dir, compression)
         except PgToolError as error:
@@ -195,7 +258,7 @@ def take_backup(
             command = [
                 str(pg_dump.path),
                 "--format=custom",
-                f"--compress={pg_dump.compression}",
+                pg_dump.compress_option,
                 f"--snapshot={snapshot.snapshot_id}",
                 "--no-password",
             ]
@@ -204,15 +267,22 @@ def take_backup(
             try:
                 with running(command, target.env()) as (process, stderr):
                     # pg_dump reads the catalog meanwhile; if the bucket cannot be used, it is killed unread.
-                    client, notes = bucket_ready.result()
+                    client, notes, orphans = bucket_ready.result()
                     for note in notes:
                         log(note)
                     log(
                         f"dumping {target.display} (PostgreSQL {snapshot.server_version}, "
                         f"{snapshot.database_bytes:,} bytes) with pg_dump {pg_dump.version} "
-                        f"--compress={pg_dump.compression} into s3://{bucket}/{dump_key}, parts of "
+                        f"{pg_dump.compress_option} into s3://{bucket}/{dump_key}, parts of "
                         f"{part_size // MiB} MiB"
                     )
+
+                    def stop_at_stall() -> None:
+                        # The stuck requests are not waited for: the snapshot (which holds back vacuum and
+                        # blocks DROP DATABASE) and pg_dump go now.
+                        process.kill()
+                        snapshot.release()
+
                     with (
                         s3_errors(endpoint, f"uploading s3://{bucket}/{dump_key}"),
                         MultipartUpload(
@@ -223,9 +293,14 @@ def take_backup(
                             extra_args=encryption,
                             metadata=metadata,
                             on_progress=on_progress,
+                            stall_seconds=stall_seconds,
+                            on_stall=stop_at_stall,
                         ) as upload,
                     ):
-                        upload.consume(process.stdout)
+                        try:
+                            upload.consume(process.stdout)
+                        except UploadStalled as stall:
+                            raise _stalled(stall, endpoint, stall_seconds) from None
                         returncode = process.wait()
                         if returncode != 0:
                             raise _dump_failed(returncode, stderr.text(), target, url_variable)
@@ -277,4 +352,5 @@ def take_backup(
             database_bytes=snapshot.database_bytes,
             part_size=uploaded.part_size,
             parts=uploaded.parts,
+            orphans=orphans,
         )

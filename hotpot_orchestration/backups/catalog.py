@@ -2,30 +2,37 @@
 
 Layout (a contract: restore drills and release gates read it):
 
-    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}.dump
-    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}.manifest.json
+    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}-{run}.dump
+    {prefix}{dbname}/{YYYY-MM-DD partition}/{dbname}-{YYYYmmddTHHMMSSZ}-{run}.manifest.json
 
-The manifest is written only after its dump is complete, so a backup exists once its manifest does. Only
-keys of exactly this shape whose manifest carries `MANIFEST_FORMAT` count as backups: anything else under
-the prefix belongs to someone else and is neither listed nor ever deleted.
+`{run}` is 8 hex digits drawn by each backup, so two backups of one partition taken in the same second
+never share a key (keys written before it, without `-{run}`, are still read). The manifest is written only
+after its dump is complete, so a backup exists once its manifest does. Only keys of exactly this shape whose
+manifest carries `MANIFEST_FORMAT` and names the dump beside it count as backups: anything else under the
+prefix belongs to someone else and is neither listed nor ever deleted. The one exception is `remove_orphans`:
+a dump of this shape that carries this project's object metadata but has no manifest, or an unfinished
+upload to such a key, once old enough that its backup cannot still be running.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 MANIFEST_FORMAT = "hotpot-backup-manifest/1"
 DUMP_SUFFIX = ".dump"
 MANIFEST_SUFFIX = ".manifest.json"
 _STAMP = "%Y%m%dT%H%M%SZ"
-_MANIFEST_KEY = re.compile(
+_STEM = (
     r"(?P<database>[^/]+)/(?P<partition>\d{4}-\d{2}-\d{2})/(?P=database)-(?P<stamp>\d{8}T\d{6}Z)"
-    + re.escape(MANIFEST_SUFFIX)
+    r"(?:-(?P<run>[0-9a-f]{8}))?"
 )
+_MANIFEST_KEY = re.compile(_STEM + re.escape(MANIFEST_SUFFIX))
+_DUMP_KEY = re.compile(_STEM + re.escape(DUMP_SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,12 @@ class Backup:
 
 
 def backup_keys(prefix: str, database: str, partition: str, created_at: datetime) -> tuple[str, str]:
-    """(dump key, manifest key) of the backup of `database` taken at `created_at` for `partition`."""
+    """(dump key, manifest key) of a new backup of `database` taken at `created_at` for `partition`: a new
+    pair on every call."""
     if "/" in database:
         raise ValueError(f"database name {database!r} cannot be part of an S3 key layout that uses '/'")
-    stem = f"{prefix}{database}/{partition}/{database}-{created_at.astimezone(UTC).strftime(_STAMP)}"
+    stamp = created_at.astimezone(UTC).strftime(_STAMP)
+    stem = f"{prefix}{database}/{partition}/{database}-{stamp}-{secrets.token_hex(4)}"
     return stem + DUMP_SUFFIX, stem + MANIFEST_SUFFIX
 
 
@@ -195,3 +204,56 @@ def delete_backup(client, bucket: str, backup: Backup) -> None:
     """Manifest first: once it is gone the backup is no longer listed, even if deleting the dump fails."""
     client.delete_object(Bucket=bucket, Key=backup.manifest_key)
     client.delete_object(Bucket=bucket, Key=backup.dump_key)
+
+
+def orphan_age(*, timeout_seconds: int, stall_seconds: int) -> timedelta:
+    """How old a dump without a manifest, or an unfinished upload, must be before it is removed: older than
+    a backup run can last (its timeout, HOTPOT_BACKUP_TIMEOUT_SECONDS) plus the stall bound its step may take
+    to notice it was stopped (HOTPOT_BACKUP_STALL_SECONDS)."""
+    return timedelta(seconds=timeout_seconds + stall_seconds)
+
+
+@dataclass
+class Orphans:
+    """What `remove_orphans` removed: dumps left without a manifest, and unfinished multipart uploads."""
+
+    dumps: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)
+
+
+def remove_orphans(
+    client, bucket: str, prefix: str, database: str, *, older_than: timedelta, now: datetime
+) -> Orphans:
+    """Delete what a killed backup of `database` left behind, once older than `older_than` (longer than a
+    backup can last, so no running backup loses its dump or its upload).
+
+    A dump counts only if its key has the backup shape, it has no manifest beside it, and its object
+    metadata names this database (every dump this project uploads carries it). Returns what was removed.
+    """
+    cutoff = now - older_than
+    listing_prefix = f"{prefix}{database}/"
+    objects: dict[str, datetime] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
+        for item in page.get("Contents", []):
+            objects[item["Key"]] = item["LastModified"]
+    removed = Orphans()
+    for key, modified in sorted(objects.items()):
+        match = _DUMP_KEY.fullmatch(key[len(prefix) :])
+        if not match or match["database"] != database or modified >= cutoff:
+            continue
+        if key[: -len(DUMP_SUFFIX)] + MANIFEST_SUFFIX in objects:
+            continue
+        metadata = client.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+        if metadata.get("database") != database or metadata.get("partition") != match["partition"]:
+            continue  # not written by a backup of this project
+        client.delete_object(Bucket=bucket, Key=key)
+        removed.dumps.append(key)
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=listing_prefix):
+        for upload in page.get("Uploads", []):
+            key = upload["Key"]
+            match = _DUMP_KEY.fullmatch(key[len(prefix) :])
+            if not match or match["database"] != database or upload["Initiated"] >= cutoff:
+                continue
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+            removed.uploads.append(key)
+    return removed

@@ -131,6 +131,6 @@ def build_backup_checks() -> list[dg.AssetChecksDefinition]:
                 yield _check_fresh(postgres, backup_storage, endpoint)
         except (BackupError, PgToolError) as error:
             transient = getattr(error, "transient", False)
-            raise failure(context.op_execution_context, str(error), transient=transient) from None
+            raise failure(str(error), transient=transient) from None
 
     return [postgres_backup_checks]

@@ -63,6 +63,9 @@ def database_error(message: str, target: PgTarget, url_variable: str) -> BackupE
 
 # S3 error codes that mean "these keys are not accepted", as opposed to "not allowed to do this".
 _S3_REFUSED_KEYS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+# 4xx codes that the next attempt may not meet: throttling, and bytes damaged on the way (S3 checked the
+# part's checksum against what arrived).
+_S3_TRANSIENT = {"SlowDown", "RequestTimeout", "BadDigest", "XAmzContentSHA256Mismatch", "IncompleteBody"}
 
 
 @contextlib.contextmanager
@@ -117,5 +120,5 @@ def _translate(error: BaseException, endpoint: str, action: str) -> BackupError:
     if code in ("NoSuchBucket", "404"):
         return BackupError(f"the bucket does not exist at {endpoint} ({action})")
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    kind = TransientBackupError if status >= 500 or code in ("SlowDown", "RequestTimeout") else BackupError
+    kind = TransientBackupError if status >= 500 or code in _S3_TRANSIENT else BackupError
     return kind(f"S3 at {endpoint} failed while {action}: {code}: {detail}")

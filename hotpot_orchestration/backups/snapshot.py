@@ -8,6 +8,7 @@ streams (on their own connection), instead of before it.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,6 +72,7 @@ class ExportedSnapshot:
         self.url_variable = url_variable
         self.connect_attempts = connect_attempts
         self._conn = None
+        self._lock = threading.Lock()
         self.snapshot_id = ""
         self.created_at: datetime | None = None
         self.server_version = ""
@@ -109,14 +111,20 @@ class ExportedSnapshot:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        if self._conn is not None:
-            self._conn.close()  # ends the read-only transaction; nothing to commit
-            self._conn = None
+        self.release()
+
+    def release(self) -> None:
+        """Close the connection, ending the transaction and its snapshot; idempotent, from any thread."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()  # ends the read-only transaction; nothing to commit
 
     def cancel(self) -> None:
         """Stop a count running on another thread (thread-safe)."""
-        if self._conn is not None:
-            self._conn.cancel_safe()
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.cancel_safe()
 
     @property
     def server_major(self) -> int:

@@ -12,6 +12,10 @@ it in would take a server-side copy of every byte, for a 1 TB dump another 1 TB 
 The object appears under its key only when `complete()` is called. Leaving the `with` block any other way
 aborts the upload, so S3 keeps neither an object nor stored parts; the bucket's lifecycle rule
 (`ensure_abort_incomplete_uploads`) removes parts left behind when even the abort could not reach S3.
+
+A stalled upload is bounded: when neither the stream nor S3 makes progress for `stall_seconds`, `consume()`
+raises `UploadStalled` without waiting for the stuck requests, and once any part failed no other part is
+sent (not even botocore's retries of parts already in flight).
 """
 
 from __future__ import annotations
@@ -34,7 +38,26 @@ MIN_PART_BYTES = 8 * MiB
 BUFFER_BUDGET = 32 * MiB
 READ_CHUNK = MiB
 
-ABORT_RULE_ID = "hotpot-abort-incomplete-multipart-uploads"
+ABORT_RULE_ID_PREFIX = "hotpot-abort-incomplete-multipart-uploads"
+# How often the watchdog looks for a stall.
+WATCH_INTERVAL = 0.25
+
+
+class UploadStalled(RuntimeError):
+    """Neither the stream nor S3 made progress for the allowed time."""
+
+    def __init__(self, message: str, part: int | None):
+        super().__init__(message)
+        self.part = part
+
+
+class PartsCancelled(RuntimeError):
+    """Raised inside a part's request once the upload stopped: no part is sent after one failed."""
+
+
+def abort_rule_id(prefix: str) -> str:
+    """The lifecycle rule ID of one backup prefix: each prefix in a bucket keeps a rule of its own."""
+    return f"{ABORT_RULE_ID_PREFIX}-{hashlib.sha256(prefix.encode()).hexdigest()[:16]}"
 
 
 def composite_sha256(part_digests: Sequence[bytes]) -> str:
@@ -131,6 +154,8 @@ class MultipartUpload:
         metadata: dict[str, str] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_interval: float = 10.0,
+        stall_seconds: float = 300.0,
+        on_stall: Callable[[], None] | None = None,
     ):
         if not MIN_PART_BYTES <= part_size <= S3_MAX_PART_BYTES:
             raise ValueError(f"part size {part_size} is outside {MIN_PART_BYTES}..{S3_MAX_PART_BYTES}")
@@ -153,14 +178,33 @@ class MultipartUpload:
         self._parts: dict[int, tuple[str, bytes]] = {}  # part number: (ETag, SHA-256 digest)
         self._started = 0.0
         self._completed = False
+        # `on_stall` runs on the watchdog's thread when a stall is found (the caller stops the producer, so
+        # a read blocked on it returns).
+        self.stall_seconds = stall_seconds
+        self.on_stall = on_stall
+        self._lock = threading.Lock()
+        self._last_progress = 0.0
+        self._reading_since: float | None = None
+        self._in_flight: dict[int, float] = {}  # part number: when its upload started
+        self._stalled: UploadStalled | None = None
+        self._stopped = threading.Event()
 
     def __enter__(self) -> MultipartUpload:
         created = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra_args)
         self.upload_id = created["UploadId"]
-        self._started = time.monotonic()
+        self._started = self._last_progress = time.monotonic()
+        # Checked before every attempt of every part's request, botocore's retries included.
+        self.client.meta.events.register(
+            "before-send.s3.UploadPart", self._refuse_when_stopped, unique_id=f"stop-{self.upload_id}"
+        )
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._stopped.set()
+        if self.upload_id is not None:
+            self.client.meta.events.unregister(
+                "before-send.s3.UploadPart", unique_id=f"stop-{self.upload_id}"
+            )
         if self._completed or self.upload_id is None:
             return
         try:
@@ -184,15 +228,24 @@ class MultipartUpload:
         return Progress(self._bytes, time.monotonic() - self._started)
 
     def consume(self, stream: BinaryIO) -> None:
-        """Read `stream` to its end, uploading it part by part. Raises the first part failure."""
+        """Read `stream` to its end, uploading it part by part. Raises the first part failure, or
+        UploadStalled."""
         slots = threading.BoundedSemaphore(self.in_flight)
         failures: list[BaseException] = []
         next_report = time.monotonic() + self.progress_interval
-        with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part") as pool:
+        watchdog = threading.Thread(target=self._watch, name="s3-stall-watchdog", daemon=True)
+        watchdog.start()
+        # Not a `with`: after a failure, parts stuck inside S3 requests are not waited for.
+        pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part")
+        try:
             part_number = 0
-            while not failures:
-                slots.acquire()
+            while True:
+                while not slots.acquire(timeout=WATCH_INTERVAL):
+                    self._raise_if_stopped(failures)
+                self._raise_if_stopped(failures)
                 buffer = self._read_part(stream)
+                # A part that failed (or a stall found) while reading: the part just read is not sent.
+                self._raise_if_stopped(failures)
                 if not buffer:
                     slots.release()
                     break
@@ -202,19 +255,66 @@ class MultipartUpload:
                         f"the stream outgrew {S3_MAX_PARTS} parts of {self.part_size // MiB} MiB: plan a "
                         "larger part size from a larger expected size"
                     )
+                with self._lock:
+                    self._in_flight[part_number] = time.monotonic()
                 future = pool.submit(self._upload_part, part_number, buffer)
-                future.add_done_callback(lambda done: self._part_done(done, slots, failures))
+                future.add_done_callback(
+                    lambda done, n=part_number: self._part_done(done, n, slots, failures)
+                )
                 if self.on_progress and time.monotonic() >= next_report:
                     self.on_progress(self.progress)
                     next_report = time.monotonic() + self.progress_interval
-        # Leaving the pool waited for every part still in flight.
+            # Every part still in flight must be stored before completing.
+            while True:
+                with self._lock:
+                    if not self._in_flight:
+                        break
+                self._raise_if_stopped(failures)
+                time.sleep(WATCH_INTERVAL / 5)
+            self._raise_if_stopped(failures)
+        except BaseException:
+            self._stopped.set()
+            raise
+        finally:
+            pool.shutdown(wait=not self._stopped.is_set(), cancel_futures=True)
+
+    def _raise_if_stopped(self, failures: list[BaseException]) -> None:
+        if self._stalled is not None:
+            raise self._stalled
         if failures:
+            self._stopped.set()
             raise failures[0]
+
+    def _watch(self) -> None:
+        """Declares a stall when nothing moved for `stall_seconds`: no byte read from the stream and no part
+        stored, while the reader waits for the stream or for S3."""
+        while not self._stopped.wait(WATCH_INTERVAL):
+            now = time.monotonic()
+            with self._lock:
+                waited = now - self._last_progress
+                oldest = min(self._in_flight, key=self._in_flight.get, default=None)
+                reading = self._reading_since is not None
+            if waited < self.stall_seconds:
+                continue
+            if oldest is not None and not reading:
+                message = (
+                    f"S3 stored no part for {waited:.0f} s: part {oldest} of s3://{self.bucket}/{self.key} "
+                    "stalled in S3"
+                )
+            else:
+                message = f"the stream gave no bytes for {waited:.0f} s while uploading s3://{self.bucket}/{self.key}"
+                oldest = None
+            self._stalled = UploadStalled(message, oldest)
+            self._stopped.set()
+            if self.on_stall:
+                self.on_stall()
+            return
 
     def _read_part(self, stream: BinaryIO) -> bytearray:
         buffer = bytearray(self.part_size)
         view = memoryview(buffer)
         filled = 0
+        self._reading_since = time.monotonic()
         while filled < self.part_size:
             got = stream.readinto(view[filled : filled + READ_CHUNK])
             if not got:
@@ -223,9 +323,17 @@ class MultipartUpload:
             self._sha256.update(view[filled : filled + got])
             filled += got
             self._bytes += got
+            self._last_progress = time.monotonic()
+        self._reading_since = None
         view.release()
         del buffer[filled:]
         return buffer
+
+    def _refuse_when_stopped(self, request, **kwargs) -> None:
+        from botocore.utils import percent_encode
+
+        if self._stopped.is_set() and f"uploadId={percent_encode(self.upload_id or '')}" in request.url:
+            raise PartsCancelled(f"the upload of s3://{self.bucket}/{self.key} stopped")
 
     def _upload_part(self, number: int, body: bytearray) -> None:
         digest = hashlib.sha256(body).digest()
@@ -240,9 +348,17 @@ class MultipartUpload:
         )
         self._parts[number] = (response["ETag"], digest)
 
-    @staticmethod
-    def _part_done(done: Future, slots: threading.BoundedSemaphore, failures: list[BaseException]) -> None:
+    def _part_done(
+        self, done: Future, number: int, slots: threading.BoundedSemaphore, failures: list[BaseException]
+    ) -> None:
+        if done.cancelled():
+            return
+        with self._lock:
+            self._in_flight.pop(number, None)
+            if done.exception() is None:
+                self._last_progress = time.monotonic()
         if done.exception() is not None:
+            self._stopped.set()
             failures.append(done.exception())
         slots.release()
 
@@ -281,7 +397,8 @@ def ensure_abort_incomplete_uploads(client, bucket: str, prefix: str, days: int 
     """Make sure a lifecycle rule aborts multipart uploads under `prefix` left incomplete for `days`.
 
     Idempotent: an existing rule that already covers the prefix as fast or faster is left alone, and other
-    rules on the bucket are kept (S3 replaces the whole configuration on every put). Returns True if the
+    rules on the bucket are kept (S3 replaces the whole configuration on every put), those of other backup
+    prefixes too: the rule's ID is derived from the prefix. Returns True if the
     configuration was changed.
     """
     from botocore.exceptions import ClientError
@@ -302,10 +419,11 @@ def ensure_abort_incomplete_uploads(client, bucket: str, prefix: str, days: int 
             and abort_after <= days
         ):
             return False
-    rules = [rule for rule in rules if rule.get("ID") != ABORT_RULE_ID]
+    rule_id = abort_rule_id(prefix)
+    rules = [rule for rule in rules if rule.get("ID") != rule_id]
     rules.append(
         {
-            "ID": ABORT_RULE_ID,
+            "ID": rule_id,
             "Status": "Enabled",
             "Filter": {"Prefix": prefix},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},

@@ -33,14 +33,17 @@ class BackupStorageResource(dg.ConfigurableResource):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
-    max_attempts: int = Field(default=8, description="botocore attempts for transient errors")
+    max_attempts: int = Field(
+        default=8, ge=1, le=20, description="attempts of each S3 request (the first one included)"
+    )
 
     def client(self):
         import boto3  # lazy: keeps the code location's load light
         from botocore.config import Config
 
         config = Config(
-            retries={"mode": "adaptive", "max_attempts": self.max_attempts},
+            # botocore's `max_attempts` counts retries, `total_max_attempts` the attempts.
+            retries={"mode": "adaptive", "total_max_attempts": self.max_attempts},
             connect_timeout=10,
             read_timeout=120,
             tcp_keepalive=True,
