@@ -561,3 +561,211 @@ def test_restore_job_restores_over_the_live_database_when_told_twice(postgres, s
     assert result.success, failure_message(result)
     assert count(postgres, source, "sales.orders") == 120
     assert count(postgres, source, "sales.order_items") == 360
+
+
+def database_oid(postgres, name: str) -> int | None:
+    with postgres.connect() as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", [name]).fetchone()
+    return row[0] if row else None
+
+
+def test_restore_job_never_touches_the_servers_own_databases(postgres, s3, bucket, source, monkeypatch):
+    """target_database: postgres once dropped the maintenance (and drill) database WITH (FORCE)."""
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
+    drills = f"drills_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(drills)
+    monkeypatch.setenv("HOTPOT_DRILL_DATABASE_URL", postgres.url_for(drills))
+    try:
+        before = {name: database_oid(postgres, name) for name in ("postgres", "template1", drills)}
+        for name in before:
+            result = restore_job(
+                postgres,
+                s3,
+                bucket,
+                protected=source,
+                target_database=name,
+                backup_key=backup.dump_key,
+                replace=True,
+                confirm=name,
+            )
+            assert not result.success
+            assert "never a restore target, confirmed or not" in failure_message(result), name
+        assert {name: database_oid(postgres, name) for name in before} == before
+        assert scratch_databases(postgres) == []
+    finally:
+        postgres.drop_database(drills)
+
+
+def open_session(postgres, dbname: str, application: str):
+    conn = postgres.connect(dbname)
+    conn.execute("SELECT set_config('application_name', %s, false)", [application])
+    return conn
+
+
+def test_restore_into_an_empty_database_with_a_session_needs_its_name_confirmed(postgres, s3, bucket, source):
+    """The session was once terminated without any confirmation."""
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
+    target = f"watched_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(target)
+    session = open_session(postgres, target, "report-viewer")
+    try:
+        pid = session.info.backend_pid
+        refused = restore_job(
+            postgres, s3, bucket, protected=source, target_database=target, backup_key=backup.dump_key
+        )
+        assert not refused.success
+        message = failure_message(refused)
+        assert f"database '{target}' has 1 connected session(s)" in message
+        assert f"pid {pid} (user postgres, application 'report-viewer', state idle, query started " in message
+        assert f"pass confirm: '{target}' to end them" in message
+        assert session.execute("SELECT 1").fetchone() == (1,)  # still connected
+        assert scratch_databases(postgres) == []
+
+        confirmed = restore_job(
+            postgres,
+            s3,
+            bucket,
+            protected=source,
+            target_database=target,
+            backup_key=backup.dump_key,
+            confirm=target,
+        )
+        assert confirmed.success, failure_message(confirmed)
+        assert count(postgres, target, "sales.orders") == 120
+        with postgres.connect() as conn:
+            assert conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone() is None
+    finally:
+        session.close()
+        postgres.drop_database(target)
+
+
+def hold_database_lock(postgres, dbname: str, application: str):
+    """A session on the maintenance database holding a lock on `dbname` in an open transaction, as
+    COMMENT ON DATABASE takes one: a DROP or RENAME of `dbname` waits for it."""
+    conn = open_session(postgres, "postgres", application)
+    conn.autocommit = False
+    conn.execute(sql.SQL("COMMENT ON DATABASE {} IS 'held'").format(sql.Identifier(dbname)))
+    return conn
+
+
+def test_a_locked_target_fails_the_restore_naming_the_lock_holder(postgres, s3, bucket, source):
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
+    target = f"locked_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(target)
+    holder = hold_database_lock(postgres, target, "forgotten-migration")
+    try:
+        result = restore_job(
+            postgres,
+            s3,
+            bucket,
+            protected=source,
+            target_database=target,
+            backup_key=backup.dump_key,
+            confirm=target,
+            lock_timeout_seconds=2,
+        )
+        assert not result.success
+        message = failure_message(result)
+        pid = holder.info.backend_pid
+        assert f"waited 2 s for a lock on database '{target}', held by pid {pid} (user postgres, " in message
+        assert "application 'forgotten-migration', state idle in transaction, query started 2" in message
+        assert database_oid(postgres, target) is not None
+        assert scratch_databases(postgres) == []
+    finally:
+        holder.close()
+        postgres.drop_database(target)
+
+
+def test_a_drills_scratch_database_locked_at_the_end_is_named_and_left_for_the_next_run(postgres):
+    from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned
+
+    server = PgTarget.from_url(postgres.url)
+    logged: list[str] = []
+    with ScratchDatabase(server, "drill", log=logged.append, lock_timeout_seconds=1) as scratch:
+        holder = hold_database_lock(postgres, scratch.name, "stuck-report")
+    try:
+        (message,) = logged
+        assert f"could not drop scratch database {scratch.name}" in message
+        pid = holder.info.backend_pid
+        assert f"waited 1 s for a lock on database '{scratch.name}', held by pid {pid} " in message
+        assert "application 'stuck-report', state idle in transaction" in message
+        assert scratch.name in scratch_databases(postgres)
+        # Still locked: the next run's cleanup names the holder and goes on.
+        cleanup_log: list[str] = []
+        assert drop_abandoned(server, log=cleanup_log.append, lock_timeout_seconds=1) == []
+        assert "application 'stuck-report'" in cleanup_log[0]
+    finally:
+        holder.close()
+    assert drop_abandoned(server) == [scratch.name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(bytes) -> a directory on a tmpfs of that size, unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def fill(directory: Path, leave_free: int) -> None:
+    """Fill `directory`'s filesystem until about `leave_free` bytes are free."""
+    free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+    (directory / "filler").write_bytes(b"\0" * max(free - leave_free, 0))
+
+
+def test_a_drill_into_a_nearly_full_disk_is_refused_naming_directory_and_sizes(
+    postgres, s3, bucket, source, small_disk
+):
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
+    needed = backup.manifest["dump_bytes"]
+    disk = small_disk(needed + 1024 * 1024)
+    fill(disk, needed // 2)
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    assert free < needed
+    result = dg.materialize(
+        [restore_drill],
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=resources(postgres, s3, bucket, source),
+        run_config={"ops": {"restore_drill": {"config": {"work_dir": str(disk)}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    message = failure_message(result)
+    assert f"the download directory {disk}/hotpot-restore-" in message
+    assert f"has {free:,} bytes free and the dump needs {needed:,} bytes" in message
+    assert sorted(path.name for path in disk.iterdir()) == ["filler"]
+    assert scratch_databases(postgres) == []
+
+
+def test_a_full_disk_mid_download_names_the_file_and_size_and_removes_it(
+    postgres, s3, bucket, source, small_disk
+):
+    from hotpot_orchestration.restores.download import download_verified
+    from hotpot_orchestration.restores.errors import NotEnoughSpace
+
+    backup = take_verified_backup(postgres, s3, bucket, source, PREFIX)
+    needed = backup.manifest["dump_bytes"]
+    disk = small_disk(needed // 2 // 4096 * 4096 or 4096)
+    dest = disk / "backup.dump"
+    with pytest.raises(NotEnoughSpace) as full:
+        download_verified(
+            s3.client(), bucket, backup.dump_key, dest, sha256=backup.manifest["sha256"], size=needed
+        )
+    message = str(full.value)
+    assert f"no space left writing {dest} after " in message
+    assert f" of {needed:,} bytes of s3://{bucket}/{backup.dump_key}" in message
+    assert "the partial file was removed" in message and f"the dump needs {needed:,} bytes" in message
+    assert list(disk.iterdir()) == []

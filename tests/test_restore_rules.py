@@ -13,6 +13,12 @@ EMPTY = guard.TargetState(exists=True, contents={"relations": 0, "functions": 0}
 FULL = guard.TargetState(exists=True, contents={"relations": 12, "functions": 1})
 ABSENT = guard.TargetState(exists=False, contents={})
 PROD = "thehotpotspot"
+DRILLS = "drills"
+BUSY = guard.TargetState(
+    exists=True,
+    contents={"relations": 0},
+    sessions=("pid 4242 (user app, application 'psql', state idle, query started 2026-01-05T03:00:00)",),
+)
 
 
 def request(target: str, **kwargs) -> guard.RestoreRequest:
@@ -31,13 +37,33 @@ def request(target: str, **kwargs) -> guard.RestoreRequest:
         (request(PROD), FULL, "pass replace: true and confirm: 'thehotpotspot'"),
         (request(PROD, replace=True), FULL, "pass replace: true and confirm: 'thehotpotspot'"),
         (request(PROD, confirm=PROD), FULL, "pass replace: true and confirm: 'thehotpotspot'"),
-        (request("template1"), FULL, "template or scratch database, not a restore target"),
-        (request("hotpot_drill_20260105_040000_0a1b2c3d"), ABSENT, "template or scratch database"),
+        (request("template1"), FULL, "one of the server's own databases, which the server and its tools"),
+        (request("hotpot_drill_20260105_040000_0a1b2c3d"), ABSENT, "is a scratch database, not a restore"),
+        (request("copy"), BUSY, "has 1 connected session(s), which restoring into it would end: pid 4242"),
+        (request("copy"), BUSY, "application 'psql', state idle, query started 2026-01-05T03:00:00"),
+        (request("copy", replace=True), BUSY, "Close them, or pass confirm: 'copy' to end them"),
     ],
 )
 def test_refusals_say_what_to_pass(req, state, expected):
-    reason = guard.refusal(req, state, protected_database=PROD)
+    reason = guard.refusal(req, state, protected_database=PROD, drill_database=DRILLS)
     assert reason is not None and expected in reason
+
+
+@pytest.mark.parametrize("name", ["postgres", "template0", "template1", DRILLS])
+@pytest.mark.parametrize("state", [ABSENT, EMPTY, FULL])
+def test_the_servers_own_databases_are_refused_even_when_confirmed(name, state):
+    """restore_database_job with target_database: postgres once dropped the maintenance database."""
+    confirmed = request(name, replace=True, confirm=name)
+    reason = guard.refusal(confirmed, state, protected_database=PROD, drill_database=DRILLS)
+    assert reason is not None and "never a restore target, confirmed or not" in reason
+    drill = "HOTPOT_DRILL_DATABASE_URL's database" if name == DRILLS else "one of the server's own databases"
+    assert f"{name!r} is {drill}" in reason
+
+
+def test_the_drill_database_is_a_target_when_it_is_the_protected_one():
+    """Without HOTPOT_DRILL_DATABASE_URL, drills use HOTPOT_DATABASE_URL: that database stays restorable."""
+    confirmed = request(PROD, replace=True, confirm=PROD)
+    assert guard.refusal(confirmed, FULL, protected_database=PROD, drill_database=PROD) is None
 
 
 @pytest.mark.parametrize(
@@ -48,10 +74,11 @@ def test_refusals_say_what_to_pass(req, state, expected):
         (request("copy", replace=True, confirm="copy"), FULL),
         (request(PROD, confirm=PROD), ABSENT),
         (request(PROD, replace=True, confirm=PROD), FULL),
+        (request("copy", confirm="copy"), BUSY),
     ],
 )
 def test_allowed_restores(req, state):
-    assert guard.refusal(req, state, protected_database=PROD) is None
+    assert guard.refusal(req, state, protected_database=PROD, drill_database=DRILLS) is None
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ possibly many GB) from a live one and remove it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from hotpot_orchestration.restores.errors import NotEnoughSpace
 
 _log = logging.getLogger(__name__)
 
@@ -68,6 +71,20 @@ def work_dir(parent: str | Path | None = None, log: Callable[[str], None] = _log
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _space_message(directory: Path, needed: int, free: int) -> str:
+    return (
+        f"the download directory {directory} has {free:,} bytes free and the dump needs {needed:,} bytes: "
+        "free space there, or set work_dir in the run config to a directory on a larger filesystem"
+    )
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """NotEnoughSpace unless `directory`'s filesystem has `needed` bytes free for an unprivileged writer."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise NotEnoughSpace(_space_message(directory, needed, free))
+
+
 def download_verified(
     client,
     bucket: str,
@@ -79,24 +96,36 @@ def download_verified(
     log: Callable[[str], None] = _log.info,
 ) -> Download:
     """Stream s3://bucket/key into `dest`, hashing every byte as it arrives; raise ChecksumMismatch unless
-    the size and SHA-256 equal the manifest's. Nothing reads `dest` before this returns."""
+    the size and SHA-256 equal the manifest's. Nothing reads `dest` before this returns. A full disk
+    raises NotEnoughSpace naming the file and the sizes, and removes the partial file."""
     started = time.monotonic()
     digest = hashlib.sha256()
     received = 0
     last_report = started
+    uri = f"s3://{bucket}/{key}"
     body = client.get_object(Bucket=bucket, Key=key)["Body"]
-    with open(dest, "wb") as out:
-        for chunk in body.iter_chunks(CHUNK_BYTES):
-            digest.update(chunk)
-            out.write(chunk)
-            received += len(chunk)
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_EVERY_SECONDS:
-                log(f"downloaded {received / 1e6:.1f} MB ({received / 1e6 / (now - started):.1f} MB/s)")
-                last_report = now
+    try:
+        with open(dest, "wb") as out:
+            for chunk in body.iter_chunks(CHUNK_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+                now = time.monotonic()
+                if now - last_report >= PROGRESS_EVERY_SECONDS:
+                    log(f"downloaded {received / 1e6:.1f} MB ({received / 1e6 / (now - started):.1f} MB/s)")
+                    last_report = now
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        dest.unlink(missing_ok=True)
+        free = shutil.disk_usage(dest.parent).free
+        needed = size if size is not None else received
+        raise NotEnoughSpace(
+            f"no space left writing {dest} after {received:,} of {needed:,} bytes of {uri} (the partial file "
+            "was removed); " + _space_message(dest.parent, needed, free)
+        ) from None
     seconds = time.monotonic() - started
     actual = digest.hexdigest()
-    uri = f"s3://{bucket}/{key}"
     if size is not None and received != size:
         raise ChecksumMismatch(f"{uri}: downloaded {received} bytes, the manifest says {size}")
     if actual != sha256:

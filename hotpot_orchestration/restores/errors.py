@@ -16,3 +16,12 @@ class RestoreRefused(RestoreError):
 
 class RestoreSetupError(RestoreError):
     """The binaries, roles or privileges on the restore server do not allow the restore."""
+
+
+class DatabaseLocked(RestoreError):
+    """Another session held a lock on a database to drop or rename past the lock timeout; the message names
+    the holders."""
+
+
+class NotEnoughSpace(RestoreSetupError):
+    """The download directory cannot hold the dump; the message names it and the bytes needed and free."""

@@ -17,9 +17,19 @@ from pathlib import Path
 from hotpot_orchestration.backups.catalog import Backup, latest_backup, list_backups
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.restores import pgtools, verify
-from hotpot_orchestration.restores.download import ChecksumMismatch, download_verified, work_dir
+from hotpot_orchestration.restores.download import (
+    ChecksumMismatch,
+    check_free_space,
+    download_verified,
+    work_dir,
+)
 from hotpot_orchestration.restores.errors import NoBackup, RestoreSetupError
-from hotpot_orchestration.restores.scratch import ScratchDatabase, drop_abandoned, maintenance_target
+from hotpot_orchestration.restores.scratch import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    ScratchDatabase,
+    drop_abandoned,
+    maintenance_target,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -28,7 +38,10 @@ _log = logging.getLogger(__name__)
 class RestoreOptions:
     jobs: int
     keep_owners_and_privileges: bool = False
+    # Where the dump is downloaded; the system temp directory (TMPDIR) when None.
     work_dir: str | None = None
+    # How long a DROP or RENAME of a database waits for another session's lock.
+    lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
 
 
 @dataclass
@@ -122,7 +135,7 @@ def restore_backup(
     manifest = backup.manifest
     report = RestoreReport(backup=backup, started_at=datetime.now(UTC))
     restore_major = pgtools.check_pg_restore_can_read(bin_dir, manifest["pg_dump_version"])
-    report.cleaned_up = drop_abandoned(server, log=log)
+    report.cleaned_up = drop_abandoned(server, log=log, lock_timeout_seconds=options.lock_timeout_seconds)
     target_major = server_major(server)
     source_major = manifest["server_version_num"] // 10000
     if target_major < source_major:
@@ -132,6 +145,7 @@ def restore_backup(
         )
     with_privileges = options.keep_owners_and_privileges
     with work_dir(options.work_dir, log=log) as directory:
+        check_free_space(directory, manifest["dump_bytes"])
         try:
             download = download_verified(
                 client,
@@ -156,7 +170,9 @@ def restore_backup(
                     f"without keep_owners_and_privileges (objects are then owned by {server.user}, "
                     "without GRANTs)"
                 )
-        with ScratchDatabase(server, kind, avoid=avoid, log=log) as scratch:
+        with ScratchDatabase(
+            server, kind, avoid=avoid, log=log, lock_timeout_seconds=options.lock_timeout_seconds
+        ) as scratch:
             report.scratch_database = scratch.name
             log(f"restoring {backup.dump_key} into {scratch.name} with pg_restore --jobs={options.jobs}")
             run = pgtools.run_pg_restore(
