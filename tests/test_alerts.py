@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import dagster as dg
 
@@ -10,6 +11,17 @@ from hotpot_orchestration.operations.alerts import post_alert, scrub_secrets
 from hotpot_orchestration.operations.sensors import AlertWebhookResource, run_failure_alert_sensor
 
 SECRET = "hunter2-Secr3t"
+
+
+class KeptRecords(logging.Handler):
+    """Keeps what a sensor logs (Dagster's sensor logger does not propagate to pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 @dg.op
@@ -66,8 +78,18 @@ def test_webhook_down_is_retried_then_logged_without_crashing(webhook_receiver):
     assert not delivery.delivered and delivery.attempts == 2
     assert "token" not in delivery.detail
     webhook = AlertWebhookResource(url=receiver.url)
+    kept = KeptRecords()
     with dg.instance_for_test() as instance:
-        run_failure_alert_sensor(failure_context(instance, webhook))
+        context = failure_context(instance, webhook)
+        context.log.addHandler(kept)
+        assert run_failure_alert_sensor(context) is None  # the tick ends normally
+    [record] = kept.records
+    logged = record.getMessage()
+    assert record.levelno == logging.ERROR
+    assert f"alert for run {context.dagster_run.run_id} NOT delivered after 4 attempts" in logged
+    assert "Connection refused" in logged and "failing_job failed at load_orders" in logged
+    # Neither the webhook URL (a credential) nor the run's secret reaches the log.
+    assert "token" not in logged and receiver.url not in logged and SECRET not in logged
 
 
 def test_scrub_secrets_in_urls_and_pairs():
