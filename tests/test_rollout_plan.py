@@ -1,12 +1,29 @@
-"""The rollout plan: the default is the seed's, and every malformed plan is refused with its step named."""
+"""The rollout plan: the default is the seed's, every malformed plan is refused with its step named, and
+HOTPOT_ROLLOUT_PLAN names a plan file (a ConfigMap in deploy/) that replaces it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
+from dataclasses import replace
+from pathlib import Path
 
+import dagster as dg
 import pytest
+import yaml
 
-from hotpot_orchestration.release.rollout.plan import PlanError, load_plan, parse_duration, parse_plan
+from hotpot_orchestration.definitions import build_definitions
+from hotpot_orchestration.release.rollout.plan import (
+    DEFAULT_PLAN_PATH,
+    PlanError,
+    load_plan,
+    parse_duration,
+    parse_plan,
+)
+from hotpot_orchestration.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VALID = """
 analysis:
@@ -90,3 +107,84 @@ def test_the_code_location_refuses_to_load_a_bad_plan(tmp_path):
     bad.write_text(textwrap.dedent(VALID).replace("weight: 50", "weight: 5"))
     with pytest.raises(PlanError, match=r"step 2 \(weight 5\)"):
         load_plan(bad)
+
+
+def validate_code_location(tmp_path, **environ: str) -> subprocess.CompletedProcess:
+    """`dagster definitions validate` on the code location, with only `environ` set."""
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [str(bin_dir / "dagster"), "definitions", "validate", "-m", "hotpot_orchestration.definitions"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": str(bin_dir), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path), **environ},
+        timeout=120,
+    )
+
+
+def test_the_plan_file_that_hotpot_rollout_plan_names_sets_the_canary_steps(tmp_path):
+    plan_file = tmp_path / "rollout_plan.yaml"
+    plan_file.write_text(
+        DEFAULT_PLAN_PATH.read_text()
+        .replace("  - weight: 60\n    pause: 10m\n", "")
+        .replace("  - weight: 40\n    pause: 10m", "  - weight: 50\n    pause: 3m")
+        .replace("threshold: 0.1", "threshold: 0.05")
+    )
+    settings = load_settings({"HOTPOT_ROLLOUT_PLAN": str(plan_file)})
+    repo = build_definitions(settings).get_repository_def()
+    steps = sorted(
+        (key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()),
+        key=lambda name: int(name.rsplit("_", 1)[1]) if name.startswith("canary_weight_") else -1,
+    )
+    assert [name for name in steps if name.startswith("canary_weight_")] == [
+        "canary_weight_20",
+        "canary_weight_50",
+        "canary_weight_80",
+    ]
+    assert (
+        "for 180s"
+        in repo.assets_defs_by_key[dg.AssetKey("canary_weight_50")].descriptions_by_key[
+            dg.AssetKey("canary_weight_50")
+        ]
+    )
+    # The code location follows the same file: its pauses and thresholds are the ones the steps judge by.
+    plan = load_plan(settings.rollout_plan)
+    assert [(step.weight, step.pause) for step in plan.steps] == [(20, 600), (50, 180), (80, 600)]
+    assert {rule.name: rule.threshold for rule in plan.analysis.metrics}["error_ratio"] == 0.05
+    # Unset: the packaged plan, as before.
+    assert load_plan(load_settings({}).rollout_plan) == load_plan()
+    assert validate_code_location(tmp_path, HOTPOT_ROLLOUT_PLAN=str(plan_file)).returncode == 0
+
+
+def test_a_bad_plan_file_stops_the_load_naming_the_variable_and_the_step(tmp_path):
+    bad = tmp_path / "rollout_plan.yaml"
+    bad.write_text(DEFAULT_PLAN_PATH.read_text().replace("weight: 40", "weight: 10"))
+    result = validate_code_location(tmp_path, HOTPOT_ROLLOUT_PLAN=str(bad))
+    assert result.returncode != 0
+    assert (
+        f"rollout plan {bad} (HOTPOT_ROLLOUT_PLAN): step 2 (weight 10): weights must rise strictly"
+        in result.stdout + result.stderr
+    )
+
+    missing = tmp_path / "absent.yaml"
+    result = validate_code_location(tmp_path, HOTPOT_ROLLOUT_PLAN=str(missing))
+    assert result.returncode != 0
+    assert f"HOTPOT_ROLLOUT_PLAN='{missing}' is not valid: expected a readable file" in (
+        result.stdout + result.stderr
+    )
+
+
+def test_the_shipped_configmap_holds_a_valid_plan_equal_to_the_packaged_one():
+    manifest = yaml.safe_load((ROOT / "deploy/k8s/rollout-plan.yaml").read_text())
+    assert manifest["kind"] == "ConfigMap" and manifest["metadata"]["name"] == "hotpot-rollout-plan"
+    shipped = parse_plan(manifest["data"]["rollout_plan.yaml"], source="deploy/k8s/rollout-plan.yaml")
+    assert replace(shipped, source="") == replace(load_plan(), source="")
+    # The Helm values mount it where HOTPOT_ROLLOUT_PLAN points, for the code location and its runs.
+    values = yaml.safe_load((ROOT / "deploy/helm/values.yaml").read_text())
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    volumes = deployment["volumes"]
+    [volume] = [v for v in volumes if v.get("configMap", {}).get("name") == "hotpot-rollout-plan"]
+    [mount] = [m for m in deployment["volumeMounts"] if m["name"] == volume["name"]]
+    assert env["HOTPOT_ROLLOUT_PLAN"] == f"{mount['mountPath']}/rollout_plan.yaml"

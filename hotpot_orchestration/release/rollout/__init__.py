@@ -1,7 +1,8 @@
 """Staged canary and blue-green releases judged on real metrics, and rollback.
 
-The plan (rollout_plan.yaml) is validated when the code location loads and generates one asset per step,
-`canary_weight_<W>`, between `api_image` and `production_release`, all in `canary_release_job`.
+The plan (HOTPOT_ROLLOUT_PLAN's file, else the packaged rollout_plan.yaml) is validated when the code
+location loads and generates one asset per step, `canary_weight_<W>`, between `api_image` and
+`production_release`, all in `canary_release_job`.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def build_rollout_defs(plan: RolloutPlan) -> dg.Definitions:
 
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
-        build_rollout_defs(load_plan()),
+        build_rollout_defs(load_plan(settings.rollout_plan)),
         dg.Definitions(
             resources={
                 "traffic_router": traffic_router_resource(settings),

@@ -1,4 +1,5 @@
-"""The rollout plan (rollout_plan.yaml): parsed and validated once, when the code location loads.
+"""The rollout plan (HOTPOT_ROLLOUT_PLAN's file, else the packaged rollout_plan.yaml): parsed and validated
+once, when the code location loads.
 
 A plan that cannot be followed must stop the load, not a release forty minutes in, so every rule is checked
 here and each problem names its step or section.
@@ -216,5 +217,10 @@ def parse_plan(text: str, source: str = "<plan>") -> RolloutPlan:
         raise PlanError(f"rollout plan {source}: {exc}") from None
 
 
-def load_plan(path: Path = DEFAULT_PLAN_PATH) -> RolloutPlan:
-    return parse_plan(Path(path).read_text(), source=str(path))
+def load_plan(path: Path | None = None) -> RolloutPlan:
+    """The plan file HOTPOT_ROLLOUT_PLAN names (`path`), or the packaged rollout_plan.yaml when it is unset.
+
+    The file is read once, at load: a changed ConfigMap takes effect when the code location reloads."""
+    if path is None:
+        return parse_plan(DEFAULT_PLAN_PATH.read_text(), source=str(DEFAULT_PLAN_PATH))
+    return parse_plan(Path(path).read_text(), source=f"{path} (HOTPOT_ROLLOUT_PLAN)")
