@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
-from hotpot_devstack import COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
+from hotpot_devstack import API_JOB, COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
 from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
@@ -93,6 +93,12 @@ class ColorServer:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> int:
+        """How many requests to `/` this colour has answered so far."""
+        with self._lock:
+            return self._requests
 
     def _answer(self) -> int:
         started = time.perf_counter()
@@ -191,6 +197,19 @@ class ReleaseStack:
             server.fault_5xx_ratio = 0.0
             server.fault_latency = 0.0
         self.router().apply(RouteState(live="blue", canary_weight=0))
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Whether every sample Prometheus took of each colour in the last `seconds` holds that colour's
+        current request count: an analysis window that long sees no request sent before this call."""
+        window = f"{max(1, round(seconds * 1000))}ms"
+        for color, server in self.colors.items():
+            answered = server.requests
+            series = f'http_request_duration_seconds_count{{job="{API_JOB}", color="{color}"}}'
+            query = f"min_over_time({series}[{window}])"
+            result = self.prometheus.query(query)
+            if not result or float(result[0]["value"][1]) != answered:
+                return False
+        return True
 
     def start(self) -> ReleaseStack:
         for server in self.colors.values():
