@@ -49,6 +49,9 @@ class Settings:
     backup_kms_key_id: str | None
     # pg_dump's --compress; None: zstd where this pg_dump supports it, else gzip.
     backup_compression: str | None
+    # A backup that makes no progress this long fails; its run may last at most backup_timeout_seconds.
+    backup_stall_seconds: int
+    backup_timeout_seconds: int
     timezone: str
     restore_drill_cron: str
     aws_endpoint_url: str | None
@@ -66,12 +69,20 @@ class Settings:
     rollout_plan: Path | None
     # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
     auto_release: bool
+    # The rollout plan file; None: the packaged rollout_plan.yaml.
+    rollout_plan: Path | None
+    # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
+    auto_release: bool
     # The nginx router; None: the resource's defaults (a VM's own nginx).
     nginx_upstream_conf: Path | None
     nginx_command: tuple[str, ...] | None
     nginx_pid_file: Path | None
     blue_servers: tuple[str, ...] | None
     green_servers: tuple[str, ...] | None
+    # Kubernetes: required by the ingress-nginx / gateway-api routers and the kaniko builder (see below).
+    k8s_app_namespace: str | None
+    k8s_build_namespace: str | None
+    kaniko_registry_secret: str | None
     alert_webhook_url: str | None = field(repr=False)
     ui_url: str
     metrics_textfile: Path | None
@@ -180,6 +191,20 @@ def _readable_file(value: str) -> Path:
     return path
 
 
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false"):
+        raise ValueError("true or false")
+    return lowered == "true"
+
+
+def _readable_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ValueError("a readable file, such as /etc/hotpot/rollout-plan/rollout_plan.yaml")
+    return path
+
+
 def _directory(value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_dir():
@@ -234,6 +259,19 @@ def _servers(value: str) -> tuple[str, ...]:
     return servers
 
 
+def _dns_label(value: str) -> str:
+    if len(value) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", value):
+        raise ValueError("a namespace name (DNS-1123 label): up to 63 lowercase letters, digits and '-'")
+    return value
+
+
+def _dns_subdomain(value: str) -> str:
+    label = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+    if len(value) > 253 or not re.fullmatch(rf"{label}(\.{label})*", value):
+        raise ValueError("a Kubernetes object name (DNS-1123 subdomain) such as hotpot-registry-push")
+    return value
+
+
 def _pg_bin_dir(value: str) -> Path:
     path = _directory(value)
     if not (path / "pg_dump").is_file():
@@ -261,6 +299,9 @@ _VARIABLES = {
     "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _whole_number(1, 1000), 7),
     "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
     "HOTPOT_BACKUP_COMPRESSION": ("backup_compression", _compression, None),
+    "HOTPOT_BACKUP_STALL_SECONDS": ("backup_stall_seconds", _whole_number(1, 3600), 300),
+    # The nightly backup run's dagster/max_runtime; what a killed backup left is removed after it.
+    "HOTPOT_BACKUP_TIMEOUT_SECONDS": ("backup_timeout_seconds", _whole_number(1, 172800), 43200),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
     # After the 02:00 nightly backup (and its verification) has finished.
     "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),
@@ -276,11 +317,16 @@ _VARIABLES = {
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
     "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
     "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
+    "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
+    "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
     "HOTPOT_NGINX_UPSTREAM_CONF": ("nginx_upstream_conf", _upstream_conf, None),
     "HOTPOT_NGINX_COMMAND": ("nginx_command", _nginx_command, None),
     "HOTPOT_NGINX_PID_FILE": ("nginx_pid_file", _absolute_path, None),
     "HOTPOT_BLUE_SERVERS": ("blue_servers", _servers, None),
     "HOTPOT_GREEN_SERVERS": ("green_servers", _servers, None),
+    "HOTPOT_K8S_APP_NAMESPACE": ("k8s_app_namespace", _dns_label, None),
+    "HOTPOT_K8S_BUILD_NAMESPACE": ("k8s_build_namespace", _dns_label, None),
+    "HOTPOT_KANIKO_REGISTRY_SECRET": ("kaniko_registry_secret", _dns_subdomain, None),
     "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
     "HOTPOT_UI_URL": ("ui_url", _http_url, "http://127.0.0.1:3000"),
     "HOTPOT_METRICS_TEXTFILE": ("metrics_textfile", _writable_file, None),
@@ -294,6 +340,27 @@ def _servers_of_one_colour(environ: Mapping[str, str]) -> list[str]:
         return []
     given, missing = ("BLUE", "GREEN") if blue else ("GREEN", "BLUE")
     return [f"HOTPOT_{missing}_SERVERS is not set: expected it together with HOTPOT_{given}_SERVERS"]
+
+
+# No namespace defaults to `default`: a router or builder pointed at the wrong namespace fails every release
+# with 403 (or edits the wrong objects), so a Kubernetes router or builder without them stops the load.
+_KUBERNETES_REQUIRES = {
+    "HOTPOT_ROUTER": (("ingress-nginx", "gateway-api"), ("HOTPOT_K8S_APP_NAMESPACE",)),
+    "HOTPOT_IMAGE_BUILDER": (("kaniko",), ("HOTPOT_K8S_BUILD_NAMESPACE", "HOTPOT_KANIKO_REGISTRY_SECRET")),
+}
+
+
+def _kubernetes_unset(environ: Mapping[str, str]) -> list[str]:
+    problems = []
+    for chooser, (kinds, required) in _KUBERNETES_REQUIRES.items():
+        chosen = environ.get(chooser, "").strip()
+        if chosen in kinds:
+            problems += [
+                f"{variable} is not set: {chooser}={chosen} needs it"
+                for variable in required
+                if not environ.get(variable, "").strip()
+            ]
+    return problems
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -312,6 +379,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(raw)
             problems.append(f"{variable}={shown} is not valid: expected {accepted}")
     problems += _servers_of_one_colour(environ)
+    problems += _kubernetes_unset(environ)
     if problems:
         raise SettingsError("Bad configuration in the environment:\n  " + "\n  ".join(problems))
     return Settings(**values)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores.errors import RestoreError
-from hotpot_orchestration.settings import Settings
+from hotpot_orchestration.settings import Settings, load_settings
 
 DRILL_ASSET = dg.AssetKey("restore_drill")
 DRILL_PASSED = "restore_drill_passed"
@@ -25,6 +25,18 @@ MAX_LISTED = 200
 # cannot see: 4 keeps a 2-core server busy through the gaps between items (measured faster there than 2)
 # without swamping it. Raise it for a big server.
 DEFAULT_JOBS = 4
+LOCK_TIMEOUT_FIELD = Field(
+    default=60,
+    ge=1,
+    le=3600,
+    description="seconds a DROP or RENAME of a database waits for another session's lock before failing "
+    "with the holder's pid, user, application, state and query start",
+)
+WORK_DIR_FIELD = Field(
+    default=None,
+    description="directory to download the dump into (it must hold the whole dump); the system temp "
+    "directory (TMPDIR) when unset",
+)
 
 
 class RestoreDrillConfig(dg.Config):
@@ -36,8 +48,10 @@ class RestoreDrillConfig(dg.Config):
         default=None, description="S3 key of one backup's dump (or manifest) to drill, verified or not"
     )
     jobs: int = Field(
-        default=DEFAULT_JOBS, ge=1, description="parallel pg_restore jobs and counting sessions"
+        default=DEFAULT_JOBS, ge=1, le=64, description="parallel pg_restore jobs and counting sessions"
     )
+    lock_timeout_seconds: int = LOCK_TIMEOUT_FIELD
+    work_dir: str | None = WORK_DIR_FIELD
 
 
 class RestoreDatabaseConfig(dg.Config):
@@ -51,8 +65,8 @@ class RestoreDatabaseConfig(dg.Config):
     )
     confirm: str = Field(
         default="",
-        description="the target database's name again: to replace a non-empty target, and for "
-        "HOTPOT_DATABASE_URL's database in any case",
+        description="the target database's name again: to replace a non-empty target, to end the sessions "
+        "connected to the target, and for HOTPOT_DATABASE_URL's database in any case",
     )
     keep_owners_and_privileges: bool = Field(
         default=False,
@@ -60,8 +74,10 @@ class RestoreDatabaseConfig(dg.Config):
         "by the restoring role, as pg_restore --no-owner --no-privileges does",
     )
     jobs: int = Field(
-        default=DEFAULT_JOBS, ge=1, description="parallel pg_restore jobs and counting sessions"
+        default=DEFAULT_JOBS, ge=1, le=64, description="parallel pg_restore jobs and counting sessions"
     )
+    lock_timeout_seconds: int = LOCK_TIMEOUT_FIELD
+    work_dir: str | None = WORK_DIR_FIELD
 
 
 def _listed(items: list[str]) -> dg.MetadataValue:
@@ -154,7 +170,11 @@ def restore_drill(
             backup,
             drill_postgres.target,
             drill_postgres.bin_dir(),
-            procedure.RestoreOptions(jobs=config.jobs),
+            procedure.RestoreOptions(
+                jobs=config.jobs,
+                work_dir=config.work_dir,
+                lock_timeout_seconds=config.lock_timeout_seconds,
+            ),
             kind="drill",
             log=context.log.info,
         )
@@ -198,8 +218,10 @@ def restore_drill_recent(context: dg.AssetCheckExecutionContext) -> dg.AssetChec
 @dg.op(
     name="restore_database",
     description="Restores the chosen backup into a scratch database, verifies it against its manifest and "
-    "only then puts it in the target's place. Refuses a non-empty target without replace: true and the "
-    "target's name as confirm, and HOTPOT_DATABASE_URL's database without that confirmation.",
+    "only then puts it in the target's place. Never restores into postgres, the templates or "
+    "HOTPOT_DRILL_DATABASE_URL's database. Refuses a non-empty target without replace: true and the "
+    "target's name as confirm, a target with connected sessions without that confirm, and "
+    "HOTPOT_DATABASE_URL's database without it.",
 )
 def restore_database(
     context: dg.OpExecutionContext,
@@ -207,10 +229,15 @@ def restore_database(
     postgres: PostgresResource,
     backup_storage: BackupStorageResource,
 ) -> dg.Output[None]:
+    from hotpot_orchestration.platform.pg import PgTarget
     from hotpot_orchestration.restores import guard, procedure
 
     server = postgres.target
     protected = server.dbname
+    # The drill server's database, from the validated setting: the job's resources stay those it restores
+    # with. Unset, drills use HOTPOT_DATABASE_URL's server and `postgres` is refused anyway.
+    drill_url = load_settings().drill_database_url
+    drill_database = PgTarget.from_url(drill_url).dbname if drill_url else None
     request = guard.RestoreRequest(
         target_database=config.target_database,
         partition=config.partition,
@@ -221,11 +248,13 @@ def restore_database(
     options = procedure.RestoreOptions(
         jobs=config.jobs,
         keep_owners_and_privileges=config.keep_owners_and_privileges,
+        work_dir=config.work_dir,
+        lock_timeout_seconds=config.lock_timeout_seconds,
     )
     client = backup_storage.client()
     try:
         # Refusals come before anything is downloaded; they are checked again just before the swap.
-        before = guard.check(request, server, protected_database=protected)
+        before = guard.check(request, server, protected_database=protected, drill_database=drill_database)
         backup = procedure.select_backup(
             client,
             backup_storage.bucket,
@@ -255,6 +284,7 @@ def restore_database(
                 request,
                 server,
                 protected_database=protected,
+                drill_database=drill_database,
                 provenance=f"s3://{backup_storage.bucket}/{backup.dump_key}",
             ),
             avoid=(config.target_database,),

@@ -247,7 +247,10 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             password=dg.EnvVar("HOTPOT_REGISTRY_PASSWORD") if settings.registry_password else None,
         ),
         "image_build": ImageBuildResource(
-            source=str(settings.app_source or ""), builder=settings.image_builder
+            source=str(settings.app_source or ""),
+            builder=settings.image_builder,
+            kaniko_namespace=settings.k8s_build_namespace,
+            kaniko_registry_secret=settings.kaniko_registry_secret,
         ),
         "image_tag_policy": ImageTagPolicyResource(),
         "release_image": ReleaseImageResource(),
