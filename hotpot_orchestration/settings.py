@@ -69,10 +69,6 @@ class Settings:
     rollout_plan: Path | None
     # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
     auto_release: bool
-    # The rollout plan file; None: the packaged rollout_plan.yaml.
-    rollout_plan: Path | None
-    # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
-    auto_release: bool
     # The nginx router; None: the resource's defaults (a VM's own nginx).
     nginx_upstream_conf: Path | None
     nginx_command: tuple[str, ...] | None
@@ -175,20 +171,6 @@ def _cron(value: str) -> str:
     if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,-]+", field) for field in fields):
         raise ValueError("a five-field cron expression such as '0 4 * * *'")
     return " ".join(fields)
-
-
-def _boolean(value: str) -> bool:
-    lowered = value.lower()
-    if lowered not in ("true", "false"):
-        raise ValueError("true or false")
-    return lowered == "true"
-
-
-def _readable_file(value: str) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise ValueError("a readable file, such as /etc/hotpot/rollout-plan/rollout_plan.yaml")
-    return path
 
 
 def _boolean(value: str) -> bool:
@@ -315,8 +297,6 @@ _VARIABLES = {
     "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
     "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
-    "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
-    "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
     "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
     "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
     "HOTPOT_NGINX_UPSTREAM_CONF": ("nginx_upstream_conf", _upstream_conf, None),
