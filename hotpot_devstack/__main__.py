@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .dagster_services import CHECKOUT, DagsterServices
@@ -203,11 +204,27 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
             finally:
+                _stopping()
                 args.env_file.unlink(missing_ok=True)  # its services are about to be gone
                 print("stopping the stack ...", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if _stop_began:
+            print(f"stopped in {time.monotonic() - _stop_began[0]:.1f} s", file=sys.stderr, flush=True)
     return 0
+
+
+_stop_began: list[float] = []
+
+
+def _stopping() -> None:
+    """From here on the services are being stopped: a second signal (make passes SIGTERM on to us after
+    the group already had it) must not cut that short and leave processes behind."""
+    for signum in _TERMINATING:
+        signal.signal(signum, signal.SIG_IGN)
+    if not _stop_began:
+        _stop_began.append(time.monotonic())
 
 
 def _serve_ui(stack: DevStack, args: argparse.Namespace) -> None:
@@ -225,8 +242,13 @@ def _serve_ui(stack: DevStack, args: argparse.Namespace) -> None:
         try:
             wait_for_stop()
         finally:
+            _stopping()
             stop_echo.set()
-            print("stopping Dagster ...", file=sys.stderr, flush=True)
+            print("stopping Dagster and the stack ...", file=sys.stderr, flush=True)
+            # Side by side: Dagster's grace and the services' shutdowns would otherwise add up.
+            with ThreadPoolExecutor(2) as pool:
+                for future in [pool.submit(ui.stop), pool.submit(stack.stop)]:
+                    future.result()
 
 
 if __name__ == "__main__":

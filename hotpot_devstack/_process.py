@@ -122,8 +122,13 @@ class Service:
     def _stop(self) -> None:
         """Service-specific graceful shutdown; the processes are terminated after it in any case."""
 
+    @property
+    def log_dir(self) -> Path:
+        """Where the children's output goes: the temp dir, unless a service keeps its logs elsewhere."""
+        return self.tmp
+
     def _spawn(self, argv: Sequence[str], log_name: str = "server.log", **popen_kwargs) -> subprocess.Popen:
-        log_path = self.tmp / log_name
+        log_path = self.log_dir / log_name
         with open(log_path, "ab") as log:
             # A session of its own: Ctrl-C in a terminal reaches only us, and we stop services in order.
             proc = subprocess.Popen(

@@ -27,7 +27,7 @@ class DagsterServices(Service):
     startup_timeout = 120.0
 
     # Both programs stop within this; `make dev` must be gone in 10 s with the stack's services after them.
-    stop_grace = 4.0
+    stop_grace = 3.0
 
     def __init__(
         self,

@@ -28,7 +28,12 @@ class DevStack:
     with synthetic traffic through nginx at `traffic_rate` requests per second for at most `traffic_seconds`.
     """
 
-    def __init__(self, traffic_rate: float = TRAFFIC_RATE, traffic_seconds: float = TRAFFIC_SECONDS) -> None:
+    def __init__(
+        self,
+        traffic_rate: float = TRAFFIC_RATE,
+        traffic_seconds: float = TRAFFIC_SECONDS,
+        sample_size: str = "small",
+    ) -> None:
         self.postgres = Postgres()
         self.s3 = S3Server()
         self.registry = Registry()
@@ -37,6 +42,7 @@ class DevStack:
         self.traffic: Traffic | None = None
         self.traffic_rate = traffic_rate
         self.traffic_seconds = traffic_seconds
+        self.sample_size = sample_size
 
     @property
     def nginx(self) -> Nginx:
@@ -63,7 +69,7 @@ class DevStack:
                 starts = [self.postgres.start, self.s3.start, self.registry.start, self._start_release_target]
                 for future in [pool.submit(start) for start in starts]:
                     future.result()
-            seed_sample(self.postgres, SAMPLE_DATABASE)
+            seed_sample(self.postgres, SAMPLE_DATABASE, self.sample_size)
             self.s3.create_bucket(BACKUP_BUCKET)
             self.traffic = Traffic(
                 self.nginx.url,
@@ -80,10 +86,13 @@ class DevStack:
     def stop(self) -> None:
         if self.traffic is not None:
             self.traffic.stop()
+        # In parallel, as they start: each stop is mostly waiting for a process to exit (10 s for all).
+        stops = [service.stop for service in (self.sample_api, self.registry, self.s3, self.postgres)]
         if self.release_target is not None:
-            self.release_target.stop()
-        for service in (self.sample_api, self.registry, self.s3, self.postgres):
-            service.stop()
+            stops.append(self.release_target.stop)
+        with ThreadPoolExecutor(len(stops)) as pool:
+            for future in [pool.submit(stop) for stop in stops]:
+                future.result()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `make dev`: the local stack of real services, then `dagster dev` on 127.0.0.1:3000 with its environment.
+# `make dev`: the local stack of real services with a restaurant's year of orders, then dagster-webserver
+# (http://127.0.0.1:3000) and dagster-daemon on it. Run history stays in .dagster_home; the stack's
+# environment and the Dagster logs go to .devstack/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DAGSTER_HOME="$PWD/.dagster_home"
-mkdir -p "$DAGSTER_HOME"
-ln -sf "$PWD/dagster.yaml" "$DAGSTER_HOME/dagster.yaml"
 # Synthetic traffic (20 requests/s through the stack's nginx) stops with the stack, or after 12 hours.
-exec .venv/bin/python -m hotpot_devstack --traffic-rate 20 --traffic-hours 12 run -- \
-    .venv/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+exec .venv/bin/python -m hotpot_devstack --sample year --traffic-rate 20 --traffic-hours 12 \
+    --env-file "${HOTPOT_DEVSTACK_DIR:-$PWD/.devstack}/env.sh" \
+    ui --port "${HOTPOT_DEV_PORT:-3000}" --dagster-home "${HOTPOT_DEV_DAGSTER_HOME:-$PWD/.dagster_home}"
