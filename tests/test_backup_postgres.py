@@ -12,8 +12,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
-from hotpot_devstack import free_port
+from hotpot_devstack import Postgres, free_port
+from hotpot_devstack.s3 import FaultyS3Proxy
 from hotpot_orchestration.backups.backup import GZIP, ZSTD, PgDump, take_backup
 from hotpot_orchestration.backups.catalog import list_backups, load_backup
 from hotpot_orchestration.backups.errors import BackupError, TransientBackupError
@@ -340,7 +342,9 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     assert_nothing_stored(client, bucket)
 
 
-def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(postgres, s3_server, bucket, database):
+def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(
+    postgres, s3_server, bucket, database
+):
     """The counts run while S3 assembles the object; if they fail, the complete object is deleted again.
 
     The test takes an exclusive lock on the table while pg_dump is streaming. The lock is granted when
@@ -424,6 +428,35 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_dumping(postgres, s3_
     assert_nothing_stored(client, bucket)
 
 
+@pytest.fixture(scope="module")
+def postgres15():
+    """A PostgreSQL 15 server of the system's packages (postgresql-15), for its own pg_dump 15 to back up."""
+    if not (PG15 / "postgres").exists():
+        pytest.skip("no PostgreSQL 15 server installed (scripts/bootstrap.sh installs postgresql-15)")
+    with Postgres(bin_dir=PG15) as server:
+        yield server
+
+
+def test_postgresql_15s_own_pg_dump_backs_up_a_postgresql_15_server(postgres15, s3_server, bucket):
+    """pg_dump 15 takes `--compress=LEVEL` (gzip only), not `gzip:1`: spelled the way this version accepts."""
+    database = f"backup15_{uuid.uuid4().hex[:8]}"
+    postgres15.create_database(database)
+    run_sql(postgres15, database, RICH_SCHEMA)
+    result, logs = backup(postgres15, s3_server, bucket, database, bin_dir=PG15)
+    manifest = result.manifest
+    assert manifest["pg_dump_version"].startswith("15.") and manifest["server_version"].startswith("15.")
+    assert manifest["compression"] == GZIP
+    assert any("with pg_dump 15." in line and "--compress=1 " in line for line in logs)
+    client = s3_server.client()
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    verdict = verify_backup(client, bucket, stored, bin_dir=PG15, endpoint=s3_server.endpoint_url)
+    assert verdict.ok, verdict.detail
+    assert verdict.rows == sum(table["rows"] for table in manifest["tables"]) > 0
+    # zstd cannot be asked of it: refused before dumping, naming what to change.
+    with pytest.raises(BackupError, match="cannot write zstd: set HOTPOT_PG_BIN_DIR"):
+        backup(postgres15, s3_server, bucket, database, bin_dir=PG15, compression="zstd")
+
+
 def test_a_wrong_password_fails_at_once_naming_the_variable(postgres, s3_server, bucket, database):
     wrong = f"not-the-password-{uuid.uuid4().hex[:8]}"
     url = postgres.url_for(database).replace(f":{postgres.password}@", f":{wrong}@")
@@ -444,3 +477,173 @@ def test_an_unreachable_server_is_retried_then_reported():
             pass
     assert time.monotonic() - started >= 1  # one backoff wait between the two attempts
     assert f"cannot reach postgresql://backup@127.0.0.1:{target.port}/hotpot" in str(unreachable.value)
+
+
+def test_two_backups_of_one_partition_started_together_each_get_their_own_key(
+    postgres, s3_server, bucket, database
+):
+    """A scheduled and a manual run in the same second: both stored, each manifest beside its own dump."""
+    run_sql(postgres, database, "CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g")
+    start = threading.Barrier(2)
+    results, errors = [], []
+
+    def one_backup():
+        start.wait(timeout=30)
+        try:
+            results.append(backup(postgres, s3_server, bucket, database)[0])
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=one_backup) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and len(results) == 2
+    assert results[0].manifest["dump_key"] != results[1].manifest["dump_key"]
+    client = s3_server.client()
+    listed = list_backups(client, bucket, PREFIX, database)
+    assert len(listed) == 2
+    for stored in listed:
+        data = client.get_object(Bucket=bucket, Key=stored.dump_key)["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == stored.manifest["sha256"]
+        assert stored.manifest["dump_key"] == stored.dump_key
+
+
+# Run in a child process that SIGKILLs itself at one point of a backup, as an OOM kill or a lost node would.
+KILLED_CHILD = """
+import os, signal, sys
+from datetime import timedelta
+from pathlib import Path
+import boto3
+from hotpot_orchestration.backups.backup import take_backup
+from hotpot_orchestration.platform.pg import PgTarget
+
+url, bin_dir, endpoint, bucket, prefix, operation, part = sys.argv[1:]
+client = boto3.client("s3", endpoint_url=endpoint)
+
+def kill(params, **kwargs):
+    if operation == "PutObject" or params.get("PartNumber") == int(part):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+client.meta.events.register(f"before-parameter-build.s3.{operation}", kill)
+take_backup(
+    target=PgTarget.from_url(url), url_variable="HOTPOT_DATABASE_URL", bin_dir=Path(bin_dir),
+    connect_s3=lambda: client, endpoint=endpoint, bucket=bucket, prefix=prefix, partition="2026-03-01",
+    encryption={}, log=print, stall_seconds=300, orphans_older_than=timedelta(hours=1),
+)
+"""
+
+
+@pytest.mark.parametrize(
+    ("moment", "operation"),
+    [("after the dump object completed, before the manifest", "PutObject"), ("mid-upload", "UploadPart")],
+)
+def test_what_a_killed_backup_leaves_is_removed_by_the_next_one_once_old_enough(
+    postgres, s3_server, bucket, database, moment, operation
+):
+    run_sql(postgres, database, BIG_TABLE)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_CHILD,
+            postgres.url_for(database),
+            str(postgres.bin_dir),
+            s3_server.endpoint_url,
+            bucket,
+            PREFIX,
+            operation,
+            # Part 4 is sent only once part 1 is stored (3 parts in flight at most).
+            "4",
+        ],
+        env={**os.environ, **s3_server.env()},
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    client = s3_server.client()
+    objects = [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    uploads = [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    if operation == "PutObject":
+        assert len(objects) == 1 and objects[0].endswith(".dump") and uploads == []
+    else:
+        assert objects == [] and len(uploads) == 1
+    left = (objects + uploads)[0]
+
+    # Younger than a backup can last: it may be a running backup's, so it stays.
+    young, _ = backup(postgres, s3_server, bucket, database, orphans_older_than=timedelta(hours=1))
+    assert young.orphans.dumps == young.orphans.uploads == []
+    still = [item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    still += [upload["Key"] for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert left in still
+
+    later, logs = backup(postgres, s3_server, bucket, database, orphans_older_than=timedelta(0))
+    if operation == "PutObject":
+        assert later.orphans.dumps == [left] and later.orphans.uploads == []
+        assert any(f"deleted s3://{bucket}/{left}: a dump without a manifest" in line for line in logs)
+    else:
+        assert later.orphans.uploads == [left] and later.orphans.dumps == []
+        assert any(f"aborted the unfinished upload of s3://{bucket}/{left}" in line for line in logs)
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # What is left is exactly the two good backups, each a dump with its manifest.
+    remaining = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+    backups = list_backups(client, bucket, PREFIX, database)
+    assert remaining == sorted([b.dump_key for b in backups] + [b.manifest_key for b in backups])
+    assert len(backups) == 2
+
+
+def backend_sessions(postgres, database: str) -> list[tuple[str, str]]:
+    with postgres.connect() as conn:
+        return conn.execute(
+            "SELECT application_name, state FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (database,),
+        ).fetchall()
+
+
+def test_s3_stalling_every_part_fails_the_backup_within_the_bound_and_releases_everything(
+    postgres, s3_server, bucket, database
+):
+    run_sql(postgres, database, BIG_TABLE)
+    with FaultyS3Proxy(s3_server, "stall") as stalling:
+        started = time.monotonic()
+        with pytest.raises(TransientBackupError) as stalled:
+            backup(postgres, stalling, bucket, database, stall_seconds=3)
+        seconds = time.monotonic() - started
+        message = str(stalled.value)
+        assert f"S3 at {stalling.endpoint_url}" in message
+        assert "part 1 of" in message and "HOTPOT_BACKUP_STALL_SECONDS=3" in message
+        # Bounded by the stall setting, not by botocore's attempts x its 120 s read timeout.
+        assert seconds < 60
+        # The parts in flight when S3 stalled, and not one more: none after the stall, no retries of them.
+        assert stalling.parts_received <= 3
+        # pg_dump was killed and the snapshot's transaction ended: nothing holds the database.
+        wait_until(
+            lambda: backend_sessions(postgres, database) == [],
+            10,
+            lambda: f"sessions still on the database: {backend_sessions(postgres, database)}",
+        )
+        parts_then = stalling.parts_received
+    assert stalling.parts_received == parts_then
+    assert_nothing_stored(s3_server.client(), bucket)
+
+
+def test_a_part_corrupted_in_transit_is_refused_by_seaweedfs_and_the_next_attempt_stores_it(
+    postgres, seaweedfs, database
+):
+    bucket = f"backups-{uuid.uuid4().hex[:12]}"
+    seaweedfs.create_bucket(bucket)
+    run_sql(postgres, database, BIG_TABLE)
+    with FaultyS3Proxy(seaweedfs, "corrupt") as corrupting:
+        with pytest.raises(TransientBackupError) as refused:
+            backup(postgres, corrupting, bucket, database)
+        assert "BadDigest" in str(refused.value)
+        assert corrupting.parts_corrupted == 1
+        assert_nothing_stored(seaweedfs.client(), bucket)
+        # Transient: the same backup again (as the step's RetryPolicy does) is stored whole.
+        result, _ = backup(postgres, corrupting, bucket, database)
+    client = seaweedfs.client()
+    stored = load_backup(client, bucket, PREFIX, result.manifest_key)
+    verdict = verify_backup(client, bucket, stored, bin_dir=postgres.bin_dir, endpoint=seaweedfs.endpoint_url)
+    assert verdict.ok, verdict.detail

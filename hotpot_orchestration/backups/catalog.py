@@ -254,6 +254,18 @@ def remove_orphans(
             match = _DUMP_KEY.fullmatch(key[len(prefix) :])
             if not match or match["database"] != database or upload["Initiated"] >= cutoff:
                 continue
+            if _last_part_stored(client, bucket, key, upload["UploadId"], upload["Initiated"]) >= cutoff:
+                continue  # a long backup still sending parts
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
             removed.uploads.append(key)
     return removed
+
+
+def _last_part_stored(client, bucket: str, key: str, upload_id: str, initiated: datetime) -> datetime:
+    """When the upload last stored a part (its start if none): a running backup stores one every few
+    seconds, however long it has been running."""
+    last = initiated
+    for page in client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+        for part in page.get("Parts", []):
+            last = max(last, part["LastModified"])
+    return last
