@@ -1,13 +1,19 @@
-"""The Dagster UI in a real headless Chromium (Debian's): the asset graphs of releases and backups, and
-a job launched from the Launchpad. Screenshots are written to test-artifacts/ for people to look at."""
+"""The Dagster UI in a real headless Chromium (Debian's) shows what our definitions declare: each group's
+assets, each asset's description and checks, the schedules' crons, and a job launched from the Launchpad.
+What is expected is read from the definitions the UI serves (built from the same environment), so a
+definition that does not reach the screen fails here. Screenshots are written to test-artifacts/ for
+people to look at."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
-import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
+from support.waiting import wait_until
 
 from hotpot_devstack.dagster_services import DagsterServices
 
@@ -26,6 +32,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LOCATION = "hotpot_orchestration"
+# Long enough for a loaded machine: the UI fetches everything it shows over GraphQL after the page loads.
+SCREEN_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def definitions(dagster_ui: DagsterServices) -> dg.Definitions:
+    """The code location as the UI's processes load it: built from their environment."""
+    from hotpot_orchestration.definitions import build_definitions
+    from hotpot_orchestration.settings import load_settings
+
+    return build_definitions(load_settings({**os.environ, **dagster_ui.extra_env}))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +55,7 @@ def page(dagster_ui):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.set_default_timeout(30_000)
+        page.set_default_timeout(SCREEN_MS)
         # Dagster greets a new browser with a newsletter dialog, whenever it likes: dismiss it when it shows.
         skip = page.get_by_role("button", name="Skip")
         page.add_locator_handler(skip, lambda button: button.click())
@@ -46,34 +63,87 @@ def page(dagster_ui):
         browser.close()
 
 
-@pytest.mark.parametrize(
-    ("group", "assets"),
-    [
-        ("release", ["api_image", "canary_weight_20", "canary_weight_80", "production_release"]),
-        ("backups", ["postgres_backup", "backup_retention", "restore_drill"]),
-    ],
-)
-def test_asset_graph_shows_the_group(page, dagster_ui, group, assets):
+def on_screen(markdown: str) -> str:
+    """A description as the UI renders it: markdown's code spans without their backticks, one line."""
+    return " ".join(markdown.replace("`", "").split())
+
+
+def assert_shows(page, text: str, where: str = "body") -> None:
+    """The first element matching the CSS selector `where` comes to contain `text` (whitespace normalized)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator(where).first).to_contain_text(text, timeout=SCREEN_MS)
+
+
+def assert_visible(page, name: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=SCREEN_MS)
+
+
+@pytest.mark.parametrize("group", ["release", "backups"])
+def test_asset_graph_shows_every_asset_of_the_group(page, dagster_ui, definitions, group):
+    graph = definitions.resolve_asset_graph()
+    assets = sorted(
+        key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == group
+    )
+    assert assets, f"no asset in group {group}"
     page.goto(f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/{group}", wait_until="networkidle")
     for asset in assets:
-        page.get_by_text(asset, exact=True).first.wait_for(state="visible")
+        assert_visible(page, asset)
     page.screenshot(path=ARTIFACTS / f"asset-graph-{group}.png")
+
+
+@pytest.mark.parametrize("asset", ["postgres_backup", "restore_drill"])
+def test_asset_page_shows_its_description_and_each_check_with_its_description(
+    page, dagster_ui, definitions, asset
+):
+    graph = definitions.resolve_asset_graph()
+    key = dg.AssetKey(asset)
+    checks = sorted(
+        (check for check in graph.asset_check_keys if check.asset_key == key), key=lambda c: c.name
+    )
+    assert checks, f"{asset} has no checks"
+
+    page.goto(f"{dagster_ui.url}/assets/{asset}", wait_until="networkidle")
+    assert_shows(page, on_screen(graph.get(key).description))
+    page.screenshot(path=ARTIFACTS / f"asset-{asset}.png")
+
+    page.goto(f"{dagster_ui.url}/assets/{asset}?view=checks", wait_until="networkidle")
+    assert_shows(page, f"Checks ({len(checks)})")
+    for check in checks:
+        page.get_by_text(check.name, exact=True).first.click()
+        assert_shows(page, on_screen(graph.get(check).description))
+    page.screenshot(path=ARTIFACTS / f"asset-{asset}-checks.png")
+
+
+@pytest.mark.parametrize("schedule", ["nightly_backup_schedule", "restore_drill_schedule"])
+def test_schedule_page_shows_its_cron_timezone_and_job(page, dagster_ui, definitions, schedule):
+    definition = definitions.resolve_schedule_def(schedule)
+    page.goto(f"{dagster_ui.url}/locations/{LOCATION}/schedules/{schedule}", wait_until="networkidle")
+    # Dagster writes the cron out in words, then the expression itself in brackets.
+    assert_shows(page, f"({definition.cron_schedule})")
+    assert_shows(page, definition.execution_timezone, where="tr:has-text('Execution timezone')")
+    assert_shows(page, definition.job_name, where="tr:has-text('Target')")
+    page.screenshot(path=ARTIFACTS / f"schedule-{schedule}.png")
 
 
 def test_launching_a_job_from_the_launchpad_creates_a_run(page, dagster_ui):
     job = "restore_drill_job"
-    before = runs_of(dagster_ui, job)
+    before = set(runs_of(dagster_ui, job))
     page.goto(f"{dagster_ui.url}/locations/{LOCATION}/jobs/{job}/playground", wait_until="networkidle")
     page.screenshot(path=ARTIFACTS / "launchpad.png")
     page.get_by_role("button", name="Launch Run").click()
-    deadline = time.monotonic() + 60
-    while len(runs_of(dagster_ui, job)) <= len(before):
-        if time.monotonic() > deadline:
-            page.screenshot(path=ARTIFACTS / "launch-failed.png")
-            pytest.fail("no run appeared after clicking Launch Run (see test-artifacts/launch-failed.png)")
-        time.sleep(0.5)
-    page.wait_for_url("**/runs/**")
+
+    def failed_to_launch() -> str:
+        page.screenshot(path=ARTIFACTS / "launch-failed.png")
+        return "no run appeared after clicking Launch Run (see test-artifacts/launch-failed.png)"
+
+    [run_id] = wait_until(lambda: set(runs_of(dagster_ui, job)) - before, 60, failed_to_launch, interval=0.5)
+    # The UI takes the operator to the run it launched.
+    page.wait_for_url(re.compile(f"/runs/{run_id}"))
     page.screenshot(path=ARTIFACTS / "launched-run.png")
+    assert_shows(page, job)
 
 
 def runs_of(dagster_ui: DagsterServices, job: str) -> list[str]:
