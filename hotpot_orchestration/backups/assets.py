@@ -20,6 +20,7 @@ from hotpot_orchestration.platform.resources import BackupStorageResource, Postg
 from hotpot_orchestration.settings import Settings
 
 URL_VARIABLE = "HOTPOT_DATABASE_URL"
+BACKUP = dg.AssetKey("postgres_backup")
 # A dump is always of the database as it is now. The nightly run backs up the day that just ended, so a
 # partition is accepted until a day after its end; an older one would be labelled with a day it is not of.
 PARTITION_GRACE = timedelta(days=1)
@@ -74,7 +75,7 @@ def build_backup_assets(
     )
 
     @dg.asset(
-        name="postgres_backup",
+        key=BACKUP,
         group_name="backups",
         partitions_def=backup_partitions(settings),
         kinds={"postgres", "s3"},

@@ -8,14 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from hotpot_orchestration.backups.assets import endpoint_of, failure
+from hotpot_orchestration.backups.assets import BACKUP, endpoint_of, failure
 from hotpot_orchestration.backups.catalog import Backup, latest_backup, load_backup, record_verification
 from hotpot_orchestration.backups.errors import BackupError, s3_errors
 from hotpot_orchestration.backups.verify import verify_backup
 from hotpot_orchestration.platform.pg import PgToolError
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 
-BACKUP = dg.AssetKey("postgres_backup")
 VALID = "backup_archive_is_valid"
 FRESH = "verified_backup_is_fresh"
 MAX_AGE = timedelta(hours=26)

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
+from hotpot_orchestration.backups.checks import BACKUP, FRESH, MAX_AGE
 from hotpot_orchestration.operations.sensors import (
     AlertWebhookResource,
     MetricsTextfileResource,
     pipeline_health_sensor,
     run_failure_alert_sensor,
 )
+from hotpot_orchestration.restores import DRILL_ASSET, DRILL_RECENT, MAX_DRILL_AGE
 from hotpot_orchestration.settings import Settings
 
 # The age checks fail when backups or drills stop happening altogether, which their own runs cannot
 # report: they are evaluated on their own, every hour.
 AGE_CHECKS = [
-    dg.AssetCheckKey(dg.AssetKey("postgres_backup"), "verified_backup_is_fresh"),
-    dg.AssetCheckKey(dg.AssetKey("restore_drill"), "restore_drill_recent"),
+    dg.AssetCheckKey(BACKUP, FRESH),
+    dg.AssetCheckKey(DRILL_ASSET, DRILL_RECENT),
 ]
+_LIMITS = f"{MAX_AGE // timedelta(hours=1)} h, {MAX_DRILL_AGE.days} days"
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
     age_checks_job = dg.define_asset_job(
         "age_checks_job",
         selection=dg.AssetSelection.checks(*AGE_CHECKS),
-        description="Evaluates verified_backup_is_fresh (26 h) and restore_drill_recent (8 days).",
+        description=f"Evaluates {FRESH} and {DRILL_RECENT} ({_LIMITS}).",
     )
     webhook_url = dg.EnvVar("HOTPOT_ALERT_WEBHOOK_URL") if settings.alert_webhook_url else None
     return dg.Definitions(
@@ -36,8 +41,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 cron_schedule="15 * * * *",
                 execution_timezone=settings.timezone,
                 default_status=dg.DefaultScheduleStatus.RUNNING,
-                description="Hourly: is the newest verified backup under 26 h old, the last passing drill "
-                "under 8 days?",
+                description=f"Hourly: {FRESH} and {DRILL_RECENT} ({_LIMITS}).",
             )
         ],
         sensors=[run_failure_alert_sensor, pipeline_health_sensor],

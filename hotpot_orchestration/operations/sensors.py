@@ -5,8 +5,11 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.operations.alerts import FailedRun, post_alert, slack_message
 from hotpot_orchestration.operations.health import PipelineHealth, render, write_textfile
+from hotpot_orchestration.release.rollout.releases import RELEASE_JOBS
+from hotpot_orchestration.restores import DRILL_ASSET, DRILL_JOB
 
 
 class AlertWebhookResource(dg.ConfigurableResource):
@@ -59,7 +62,6 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alert_webhook:
         )
 
 
-RELEASE_JOBS = ("canary_release_job", "blue_green_release_job")
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
@@ -74,9 +76,9 @@ def _latest_run(instance: dg.DagsterInstance, job_names, statuses=None) -> dg.Da
 
 
 def read_health(instance: dg.DagsterInstance) -> PipelineHealth:
-    backup = instance.get_latest_materialization_event(dg.AssetKey("postgres_backup"))
-    drill = instance.get_latest_materialization_event(dg.AssetKey("restore_drill"))
-    drill_run = _latest_run(instance, ["restore_drill_job"], statuses=FINISHED)
+    backup = instance.get_latest_materialization_event(BACKUP)
+    drill = instance.get_latest_materialization_event(DRILL_ASSET)
+    drill_run = _latest_run(instance, [DRILL_JOB], statuses=FINISHED)
     release_run = _latest_run(instance, RELEASE_JOBS)
     if release_run is None:
         release_state = "none"

@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
+from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.restores.errors import RestoreError
 from hotpot_orchestration.settings import Settings, load_settings
 
 DRILL_ASSET = dg.AssetKey("restore_drill")
+DRILL_JOB = "restore_drill_job"
 DRILL_PASSED = "restore_drill_passed"
 DRILL_RECENT = "restore_drill_recent"
 MAX_DRILL_AGE = timedelta(days=8)
@@ -126,8 +128,8 @@ def _setup_failure(error: Exception) -> dg.Failure:
 
 
 @dg.asset(
-    name="restore_drill",
-    deps=["postgres_backup"],
+    key=DRILL_ASSET,
+    deps=[BACKUP],
     group_name="backups",
     kinds={"postgres", "s3"},
     check_specs=[
@@ -321,7 +323,7 @@ def restore_database_job():
 
 def build_defs(settings: Settings) -> dg.Definitions:
     restore_drill_job = dg.define_asset_job(
-        "restore_drill_job",
+        DRILL_JOB,
         selection=dg.AssetSelection.assets(DRILL_ASSET),
         # A drill that found differences is a result, not a hiccup: only crashed runs are retried.
         tags={"dagster/retry_on_asset_or_op_failure": "false"},

@@ -16,11 +16,9 @@ from hotpot_orchestration.release.image.resource import (
     RegistryResource,
     ReleaseImageResource,
 )
+from hotpot_orchestration.release.rollout.releases import CANARY_JOB, PRODUCTION_ASSET, RELEASE_QUEUE_TAG
 from hotpot_orchestration.settings import Settings
 
-CANARY_JOB = "canary_release_job"
-PRODUCTION_ASSET = dg.AssetKey("production_release")
-RUN_TAG_RELEASE = "hotpot/release"
 RUN_TAG_IMAGE_TAG = "hotpot/image-tag"
 RUN_TAG_IMAGE_DIGEST = "hotpot/image-digest"
 RUN_TAG_IMAGE_REPOSITORY = "hotpot/image-repository"
@@ -162,7 +160,7 @@ build_image_job = dg.define_asset_job(
 
 def production_digest(instance: dg.DagsterInstance) -> str | None:
     """The digest production runs: the `digest` metadata of the latest `production_release`, if any."""
-    event = instance.get_latest_materialization_event(PRODUCTION_ASSET)
+    event = instance.get_latest_materialization_event(dg.AssetKey(PRODUCTION_ASSET))
     materialization = event.asset_materialization if event else None
     if materialization is None:
         return None
@@ -208,7 +206,7 @@ def watch_registry(
         job_name=CANARY_JOB,
         run_config={"resources": {"release_image": {"config": image}}},
         tags={
-            RUN_TAG_RELEASE: "canary",
+            RELEASE_QUEUE_TAG: "canary",
             RUN_TAG_IMAGE_TAG: candidate.tag,
             RUN_TAG_IMAGE_DIGEST: candidate.digest,
             RUN_TAG_IMAGE_REPOSITORY: f"{registry.registry}/{registry.repository}",

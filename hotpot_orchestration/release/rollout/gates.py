@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-# The nightly backup runs every 24 h; two more hours cover a slow night without letting a missed one pass.
-MAX_BACKUP_AGE = timedelta(hours=26)
-
 
 class GateFailed(RuntimeError):
     """One or more safety gates did not pass."""
@@ -28,17 +25,21 @@ class GateResult:
     detail: str
 
 
-def backup_gate(find_latest_verified: Callable[[], Any], now: datetime, max_age: timedelta = MAX_BACKUP_AGE):
-    """The latest verified backup exists and is younger than `max_age`."""
+def backup_gate(
+    find_latest_verified: Callable[[], Any], now: datetime, *, database: str, max_age: timedelta
+) -> GateResult:
+    """The latest verified backup of `database` (the one being released against) exists and is younger
+    than `max_age`; `find_latest_verified` looks up only that database's backups."""
     name = "backup fresh and verified"
     try:
         latest = find_latest_verified()
     except Exception as exc:  # any failure to look is a failed gate, with the reason
-        return GateResult(name, False, f"could not list backups: {type(exc).__name__}: {exc}")
+        return GateResult(name, False, f"could not list backups of {database!r}: {type(exc).__name__}: {exc}")
     if latest is None:
-        return GateResult(name, False, "no verified backup exists")
+        return GateResult(name, False, f"no verified backup of database {database!r} exists")
     age = now - latest.created_at
-    detail = f"latest verified backup {latest.dump_key} is {age.total_seconds() / 3600:.1f} h old"
+    hours = age.total_seconds() / 3600
+    detail = f"latest verified backup of {database!r}, {latest.dump_key}, is {hours:.1f} h old"
     if age > max_age:
         return GateResult(name, False, f"{detail}; the limit is {max_age.total_seconds() / 3600:g} h")
     return GateResult(name, True, detail)

@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from hotpot_orchestration.backups.checks import MAX_AGE as MAX_BACKUP_AGE
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
-from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout.analysis import Measurement, stable_values
 from hotpot_orchestration.release.rollout.controller import Approval, StepResult, analyse, wait_healthy
@@ -34,12 +35,14 @@ APPROVAL_ASSET = "release_approval"
 # The run queue (dagster.yaml) allows one run at a time with the key `hotpot/release`: two releases never
 # move traffic at once, and a second one waits in the queue. Automatic retries are off: a half-done traffic
 # shift is undone by release_failure_sensor, never replayed.
-RELEASE_TAGS = {"hotpot/release": "release", "dagster/max_retries": "0", **RELEASE_POD_TAGS}
+RELEASE_QUEUE_TAG = "hotpot/release"
+RELEASE_TAGS = {RELEASE_QUEUE_TAG: "release", "dagster/max_retries": "0", **RELEASE_POD_TAGS}
 # rollback_job must NOT carry `hotpot/release`: the limit counts every value of that key, so a rollback
 # would queue behind the very release it has to stop. It gets a key of its own instead.
 ROLLBACK_TAGS = {"hotpot/rollback": "manual", **RELEASE_POD_TAGS}
 CANARY_JOB, BLUE_GREEN_JOB, ROLLBACK_JOB = "canary_release_job", "blue_green_release_job", "rollback_job"
 RELEASE_JOBS = (CANARY_JOB, BLUE_GREEN_JOB)
+PRODUCTION_ASSET = "production_release"
 
 
 @contextmanager
@@ -85,9 +88,15 @@ def _image(release_image: ReleaseImageResource) -> ReleaseImageResource:
 
 
 def _check_gates(
-    context, image: ReleaseImageResource, registry: RegistryResource, backup_storage: BackupStorageResource
+    context,
+    image: ReleaseImageResource,
+    registry: RegistryResource,
+    backup_storage: BackupStorageResource,
+    postgres: PostgresResource,
 ) -> None:
-    """The seed's pre-deployment checklist, before anything is deployed or routed."""
+    """The seed's pre-deployment checklist, before anything is deployed or routed. The backup must be of
+    HOTPOT_DATABASE_URL's database: another database's backup in the same bucket does not count."""
+    database = postgres.target.dbname
 
     def resolve_digest() -> str | None:
         if image.registry != registry.registry:
@@ -100,10 +109,12 @@ def _check_gates(
     def latest_verified_backup():
         from hotpot_orchestration.backups.catalog import latest_backup
 
-        return latest_backup(backup_storage.client(), backup_storage.bucket, backup_storage.prefix)
+        return latest_backup(
+            backup_storage.client(), backup_storage.bucket, backup_storage.prefix, database=database
+        )
 
     results = [
-        backup_gate(latest_verified_backup, datetime.now(UTC)),
+        backup_gate(latest_verified_backup, datetime.now(UTC), database=database, max_age=MAX_BACKUP_AGE),
         image_gate(resolve_digest, image.reference, image.digest),
     ]
     for result in results:
@@ -225,21 +236,24 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
         + (" First checks the safety gates and deploys the image to the idle colour." if first else "")
     )
 
-    @dg.asset(name=step.asset_name, deps=[upstream], group_name=GROUP, description=description)
-    def canary_step(
-        context: dg.AssetExecutionContext,
-        traffic_router: TrafficRouterResource,
-        canary_prometheus: CanaryPrometheusResource,
-        release_image: ReleaseImageResource,
-        registry: RegistryResource,
-        backup_storage: BackupStorageResource,
-    ) -> dg.MaterializeResult:
+    @dg.asset(
+        name=step.asset_name,
+        deps=[upstream],
+        group_name=GROUP,
+        description=description,
+        # Only the first step checks the gates: the registry, the backups and their database (postgres:
+        # HOTPOT_DATABASE_URL's) are its resources alone.
+        required_resource_keys={"traffic_router", "canary_prometheus", "release_image"}
+        | ({"registry", "backup_storage", "postgres"} if first else set()),
+    )
+    def canary_step(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        resources = context.resources
         _in_release_job(context)
-        image = _image(release_image)
-        router = traffic_router.router()
+        image = _image(resources.release_image)
+        router = resources.traffic_router.router()
         with _alive(context):
             if first:
-                _check_gates(context, image, registry, backup_storage)
+                _check_gates(context, image, resources.registry, resources.backup_storage, resources.postgres)
             with _stable_on_error(context, router):
                 if first:
                     state = _deploy_idle(context, plan, router, image)
@@ -251,7 +265,7 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
                     f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
                 )
                 result = analyse(
-                    canary_prometheus.client(),
+                    resources.canary_prometheus.client(),
                     plan.analysis,
                     canary=state.idle,
                     # At 100 % stable serves nothing to compare with: thresholds alone apply.
@@ -278,7 +292,7 @@ def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
     last = plan.steps[-1]
 
     @dg.asset(
-        name="production_release",
+        name=PRODUCTION_ASSET,
         deps=[last.asset_name],
         group_name=GROUP,
         description="The canary becomes the new stable: its colour goes live with 100 % of the traffic. "
@@ -294,7 +308,7 @@ def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
         router = traffic_router.router()
         with _alive(context), _stable_on_error(context, router):
             before = router.state()
-            _expect_weight(before, last.weight, "production_release")
+            _expect_weight(before, last.weight, PRODUCTION_ASSET)
             after = router.promote()
         context.log.info(f"{after.live} is live with {image.tagged_reference}; {before.live} is idle")
         return dg.MaterializeResult(metadata=_release_metadata(image, "canary", before, after))
@@ -323,11 +337,12 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
         release_image: ReleaseImageResource,
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
+        postgres: PostgresResource,
     ) -> str:
         router = traffic_router.router()
         with _alive(context):
             image = _image(release_image)
-            _check_gates(context, image, registry, backup_storage)
+            _check_gates(context, image, registry, backup_storage, postgres)
             state = _deploy_idle(context, plan, router, image)
         return state.idle
 
@@ -359,7 +374,7 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
                 stable=None,
                 baseline=baseline,
                 duration=settings.analysis,
-                record=_recorder(context, "production_release", f"blue-green {new_color}"),
+                record=_recorder(context, PRODUCTION_ASSET, f"blue-green {new_color}"),
             )
             if not result.passed:
                 raise dg.Failure(
@@ -370,7 +385,7 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
             after = router.promote()
         context.log_event(
             dg.AssetMaterialization(
-                asset_key="production_release",
+                asset_key=PRODUCTION_ASSET,
                 metadata=_release_metadata(image, "blue-green", before, after) | _result_metadata(result),
             )
         )
@@ -444,7 +459,7 @@ def canary_assets(plan: RolloutPlan) -> list[dg.AssetsDefinition]:
 def canary_job(plan: RolloutPlan):
     return dg.define_asset_job(
         name=CANARY_JOB,
-        selection=[step.asset_name for step in plan.steps] + ["production_release"],
+        selection=[step.asset_name for step in plan.steps] + [PRODUCTION_ASSET],
         tags=RELEASE_TAGS,
         # One process: the steps run one after another anyway, and killing it must stop the release.
         executor_def=dg.in_process_executor,

@@ -1,0 +1,64 @@
+"""The release gate's backup: HOTPOT_DATABASE_URL's database's, not any backup in the bucket. Real S3 (moto)
+holding backup records as postgres_backup writes them, and the devstack registry holding the image."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from hotpot_devstack.backups import write_backup_record
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.rollout.releases import _check_gates
+
+PREFIX = "database/"
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch, s3):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+
+
+def test_another_databases_backup_does_not_open_the_gate(s3, registry):
+    """latest_backup(...) was once asked without the database: a fresh backup of any database passed."""
+    bucket = f"gate-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    repository = f"thehotpotspot/api-{uuid.uuid4().hex[:8]}"
+    image = ReleaseImageResource(
+        tag="v2",
+        digest=registry.push_test_image(repository, "v2"),
+        repository=repository,
+        registry=registry.host,
+    )
+    gate_resources = (
+        image,
+        RegistryResource(registry=registry.host),
+        BackupStorageResource(bucket=bucket, prefix=PREFIX, endpoint_url=s3.endpoint_url, region=s3.region),
+        PostgresResource(url="postgresql://app@127.0.0.1:5432/thehotpotspot"),
+    )
+    now = datetime.now(UTC)
+    client = s3.client()
+    other_key, _ = write_backup_record(client, bucket, PREFIX, "analytics", now - timedelta(hours=1), ok=True)
+
+    with dg.build_op_context() as context, pytest.raises(dg.Failure) as blocked:
+        _check_gates(context, *gate_resources)
+    message = blocked.value.description
+    assert "gate 'backup fresh and verified': no verified backup of database 'thehotpotspot'" in message
+    assert other_key not in message
+    assert "gate 'image digest in the registry'" not in message  # that one passed
+
+    stale_key, _ = write_backup_record(
+        client, bucket, PREFIX, "thehotpotspot", now - timedelta(hours=27), ok=True
+    )
+    with dg.build_op_context() as context, pytest.raises(dg.Failure) as stale:
+        _check_gates(context, *gate_resources)
+    assert f"latest verified backup of 'thehotpotspot', {stale_key}, is 27.0 h old" in stale.value.description
+    assert "the limit is 26 h" in stale.value.description
+
+    write_backup_record(client, bucket, PREFIX, "thehotpotspot", now - timedelta(hours=2), ok=True)
+    with dg.build_op_context() as context:
+        _check_gates(context, *gate_resources)  # passes: no exception
