@@ -10,7 +10,7 @@ Function-scoped:
   s3_server        each test twice: once with `s3` (moto), once with `seaweedfs`
   fresh_s3         a private S3Server the test may stop ("S3 is down")
   sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
-  nginx_factory    nginx_factory(upstreams) -> a started Nginx, stopped after the test
+  nginx_factory    nginx_factory(upstreams, **Nginx options) -> a started Nginx, stopped after the test
   http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
   webhook_receiver webhook_receiver(fail_next=0) -> a Slack-like webhook on loopback recording what it gets
 Session-scoped, for the operator's end-to-end tests:
@@ -96,8 +96,8 @@ def sample_database(postgres: Postgres) -> Iterator[str]:
 def nginx_factory() -> Iterator[Callable[..., Nginx]]:
     started: list[Nginx] = []
 
-    def start(upstreams=()) -> Nginx:
-        server = Nginx(upstreams)
+    def start(upstreams=(), **options) -> Nginx:
+        server = Nginx(upstreams, **options)
         started.append(server)
         return server.start()
 

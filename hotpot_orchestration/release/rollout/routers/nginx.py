@@ -2,9 +2,11 @@
 
 Each change writes the file, checks the whole configuration with `nginx -t` (a rejected file is put back as it
 was, so a later reload cannot pick it up), then `nginx -s reload`. nginx reloads without dropping requests:
-the master starts workers with the new configuration and the old ones finish what they have in flight. With a
-pid file, the router also waits until a new worker has replaced every old one, so "weight set" means new
-connections are routed by the new weights.
+the master starts workers with the new configuration, and about 100 ms later tells the old ones to stop
+accepting and finish what they have in flight. Until then an old worker still takes new connections and
+routes them by the old weights, so the router returns only once every worker that was there before the reload
+has closed its listening sockets (or exited), read from /proc through the master's pid file: "weight set"
+means every new connection is routed by the new weights.
 
 The live colour and the canary weight are written into the file as a comment and read back from it, so the
 file nginx serves from is the single record of the routing state.
@@ -35,6 +37,48 @@ from hotpot_orchestration.release.rollout.routers import (
 )
 
 _STATE = re.compile(r"^# hotpot-route: (?P<state>\{.*\})$", re.MULTILINE)
+# /proc/net tables of this network namespace's sockets: TCP state 0A is LISTEN; a unix socket that accepts
+# connections has the __SO_ACCEPTCON flag (00010000).
+_TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+_TCP_LISTEN = "0A"
+_UNIX_ACCEPTING = 0x10000
+
+
+def _listening_inodes() -> set[str]:
+    inodes: set[str] = set()
+    for table in _TCP_TABLES:
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:  # no IPv6 here
+            continue
+        inodes.update(row.split()[9] for row in rows if row.split()[3] == _TCP_LISTEN)
+    for row in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[3], 16) & _UNIX_ACCEPTING:
+            inodes.add(fields[6])
+    return inodes
+
+
+def _holds_listening_socket(pid: int) -> bool:
+    """Whether process `pid` still has a listening socket open, i.e. may accept a new connection. An exited
+    process (even one not yet reaped) holds none."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    except PermissionError:
+        raise RouterError(
+            f"cannot read /proc/{pid}/fd of an nginx worker: run the release as nginx's master user or root"
+        ) from None
+    sockets = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:[") : -1])
+    return bool(sockets) and not sockets.isdisjoint(_listening_inodes())
 
 
 class NginxRouter:
@@ -52,8 +96,13 @@ class NginxRouter:
             raise RouterError(f"nginx router: no servers configured for {', '.join(missing)}")
         self.upstream_conf = Path(upstream_conf)
         self.servers = {color: list(servers[color]) for color in COLORS}
+        if not pid_file:
+            raise RouterError(
+                "nginx router: no pid file of the nginx master (HOTPOT_NGINX_PID_FILE): without it a weight "
+                "change cannot wait for the old workers to stop taking connections"
+            )
         self.nginx_command = list(nginx_command)
-        self.pid_file = Path(pid_file) if pid_file else None
+        self.pid_file = Path(pid_file)
         self.upstream_name = upstream_name
         self.reload_timeout = reload_timeout
 
@@ -95,9 +144,16 @@ class NginxRouter:
         return subprocess.run([*self.nginx_command, *args], capture_output=True, text=True, timeout=60)
 
     def _workers(self) -> set[int]:
-        master = self.pid_file.read_text().strip()
-        children = Path(f"/proc/{master}/task/{master}/children")
-        return {int(pid) for pid in children.read_text().split()}
+        """The master's children: its workers (and cache processes, which never accept)."""
+        try:
+            master = int(self.pid_file.read_text().strip())
+            children = Path(f"/proc/{master}/task/{master}/children").read_text()
+        except (OSError, ValueError) as error:
+            raise RouterError(
+                f"cannot read the nginx master's workers through {self.pid_file} (HOTPOT_NGINX_PID_FILE): "
+                f"{error}"
+            ) from None
+        return {int(pid) for pid in children.split()}
 
     def apply(self, state: RouteState) -> RouteState:
         """Write, test, reload; on a rejected config the previous file is restored and RouterError raised."""
@@ -110,12 +166,11 @@ class NginxRouter:
             else:
                 self._write(previous)
             raise RouterError(f"nginx -t rejected the upstream for {state}:\n{checked.stderr.strip()}")
-        old_workers = self._workers() if self.pid_file else set()
+        old_workers = self._workers()
         reloaded = self._nginx("-s", "reload")
         if reloaded.returncode != 0:
             raise RouterError(f"nginx -s reload failed:\n{reloaded.stderr.strip()}")
-        if self.pid_file:
-            self._wait_for_new_workers(old_workers)
+        self._wait_until_old_workers_stop_accepting(old_workers)
         return state
 
     def _write(self, text: str) -> None:
@@ -126,19 +181,34 @@ class NginxRouter:
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.upstream_conf)
 
-    def _wait_for_new_workers(self, old_workers: set[int]) -> None:
+    def _wait_until_old_workers_stop_accepting(self, old_workers: set[int]) -> None:
+        """Return once a new worker runs and no worker from before the reload holds a listening socket.
+
+        Old workers may go on for a while finishing in-flight requests; that is fine, as long as they take
+        no new connection. Whoever may signal the master may also read its workers' /proc entries."""
         deadline = time.monotonic() + self.reload_timeout
-        while time.monotonic() < deadline:
-            # Old workers linger while they finish in-flight requests, but they stop accepting at once;
-            # a worker that was not there before the signal is one with the new configuration.
-            if self._workers() - old_workers:
+        while True:
+            workers = self._workers()
+            started = workers - old_workers
+            accepting = sorted(pid for pid in workers & old_workers if _holds_listening_socket(pid))
+            if started and not accepting:
                 return
-            time.sleep(0.02)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if not started:
+            problem = "started no worker with the new configuration"
+        else:
+            pids = ", ".join(map(str, accepting))
+            problem = f"left the previous workers (pids {pids}) accepting connections"
         raise RouterError(
-            f"nginx started no worker with the new configuration within {self.reload_timeout:g}s"
+            f"nginx -s reload {problem} within {self.reload_timeout:g}s, so new connections may still be "
+            "routed by the previous weights; see nginx's error log (a configuration the master could not "
+            "apply keeps the old workers)"
         )
 
     def set_weight(self, canary_weight: int) -> RouteState:
+        """Route `canary_weight` % to the idle colour; on return, no new connection gets the old weights."""
         return self.apply(RouteState(live=self.state().live, canary_weight=check_weight(canary_weight)))
 
     def promote(self) -> RouteState:
