@@ -39,10 +39,7 @@ class TrafficRouterResource(dg.ConfigurableResource):
     green_servers: list[str] = Field(
         default=[], description="host:port of green's servers (HOTPOT_GREEN_SERVERS)"
     )
-    # Kubernetes (ingress-nginx, gateway-api)
-    kube_api_url: str | None = Field(
-        default=None, description="API server URL; unset: in-cluster service account, else ~/.kube/config"
-    )
+    # Kubernetes (ingress-nginx, gateway-api): signed in as the pod's service account, else $KUBECONFIG.
     namespace: str | None = Field(
         default=None,
         description="namespace of the API's Deployments, Ingress, HTTPRoute (HOTPOT_K8S_APP_NAMESPACE)",
@@ -88,9 +85,9 @@ class TrafficRouterResource(dg.ConfigurableResource):
             rollout_timeout=self.rollout_timeout_seconds,
         )
         if self.kind == "ingress-nginx":
-            return IngressNginxRouter(target, api_client(self.kube_api_url))
+            return IngressNginxRouter(target, api_client())
         if self.kind == "gateway-api":
-            return GatewayApiRouter(target, api_client(self.kube_api_url))
+            return GatewayApiRouter(target, api_client())
         raise ValueError(f"HOTPOT_ROUTER={self.kind!r} is not valid: expected one of {', '.join(ROUTERS)}")
 
 

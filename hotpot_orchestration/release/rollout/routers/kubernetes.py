@@ -65,14 +65,10 @@ class KubernetesTarget:
         return next((color for color in COLORS if self.service_name(color) == name), None)
 
 
-def api_client(host: str | None = None):
-    """A client for `host` when given; else the in-cluster service account, else the local kubeconfig."""
+def api_client():
+    """A client signed in as the pod's service account, else as the local kubeconfig ($KUBECONFIG)."""
     from kubernetes import client, config  # lazy: only Kubernetes releases need it
 
-    if host:
-        configuration = client.Configuration()
-        configuration.host = host
-        return client.ApiClient(configuration)
     try:
         config.load_incluster_config()
     except config.ConfigException:
