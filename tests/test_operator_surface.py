@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from support.waiting import wait_until
 
 from hotpot_devstack.dagster_services import DagsterServices
 
@@ -65,25 +66,29 @@ def launch(dagster_ui: DagsterServices, job: str, tags: dict[str, str] | None = 
     return result["run"]["runId"]
 
 
+def wait_for(what: str, check, dagster_ui: DagsterServices, timeout: float = 180):
+    """What `check` returns once it is truthy; fails with `what` and the daemon's log after `timeout`."""
+    return wait_until(
+        check, timeout, lambda: f"{what}; daemon log:\n{dagster_ui.log('daemon')[-3000:]}", interval=1
+    )
+
+
 def wait_for_run(dagster_ui: DagsterServices, run_id: str, timeout: float = 240) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> str | None:
         status = dagster_ui.graphql(RUN_STATUS, {"id": run_id})["runOrError"]["status"]
-        if status in FINISHED:
-            return status
-        time.sleep(1)
-    daemon_log = dagster_ui.log("daemon")[-3000:]
-    pytest.fail(f"run {run_id} did not finish in {timeout}s; daemon log:\n{daemon_log}")
+        return status if status in FINISHED else None
+
+    return wait_for(f"run {run_id} did not finish", finished, dagster_ui, timeout)
 
 
-def latest_backup_partition() -> str:
+def backup_partitions():
     from hotpot_orchestration.definitions import defs
 
-    return defs.get_assets_def("postgres_backup").partitions_def.get_last_partition_key()
+    return defs.get_assets_def("postgres_backup").partitions_def
 
 
 def test_nightly_backup_launched_from_the_api_succeeds_with_history_and_metadata(dagster_ui):
-    partition = latest_backup_partition()
+    partition = backup_partitions().get_last_partition_key()
     run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": partition})
     assert wait_for_run(dagster_ui, run_id) == "SUCCESS"
 
@@ -127,16 +132,6 @@ def selector(kind: str, name: str) -> dict:
     return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, f"{kind}Name": name}
 
 
-def wait_for(what: str, check, dagster_ui: DagsterServices, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(2)
-    pytest.fail(f"{what} within {timeout}s; daemon log:\n{dagster_ui.log('daemon')[-3000:]}")
-
-
 def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack):
     schedule = selector("schedule", "restore_drill_schedule")
     result = dagster_ui.graphql(START_SCHEDULE, {"selector": schedule})["startSchedule"]
@@ -171,11 +166,19 @@ def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack):
 RUN_LINK = re.compile(r"/runs/([0-9a-f-]{36})")
 FAILED_RUNS = """
 { runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }"""
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 5) { status timestamp } } }
+  }
+}"""
+TICK_DONE = {"SUCCESS", "SKIPPED", "FAILURE"}
 
 
 def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox):
-    # A backup of a partition whose window is long past is refused: a run that fails for certain.
-    run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": "2020-01-01"})
+    # A backup of a partition whose day is long past is refused: a run that fails for certain.
+    partition = backup_partitions().get_first_partition_key()
+    run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": partition})
     assert wait_for_run(dagster_ui, run_id) == "FAILURE"
 
     def alerted_run_ids() -> list[str]:
@@ -189,9 +192,18 @@ def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox
         lambda: failed_runs() <= set(alerted_run_ids()),
         dagster_ui,
     )
-    time.sleep(35)  # one more sensor interval: nothing may be sent twice
+    # One more tick of the sensor, begun after every alert arrived and finished: nothing may be sent twice.
+    all_alerted = time.time()
+
+    def tick_after_the_alerts() -> bool:
+        sensor = selector("sensor", "run_failure_alert_sensor")
+        state = dagster_ui.graphql(SENSOR_TICKS, {"selector": sensor})["sensorOrError"]["sensorState"]
+        return any(tick["timestamp"] > all_alerted and tick["status"] in TICK_DONE for tick in state["ticks"])
+
+    wait_for("run_failure_alert_sensor did not tick again", tick_after_the_alerts, dagster_ui, timeout=120)
     alerted = alerted_run_ids()
-    assert len(alerted) == len(set(alerted)), "a failed run was alerted more than once"
+    assert len(alerted) == len(set(alerted)), f"a failed run was alerted more than once: {alerted}"
     assert set(alerted) == failed_runs(), "alerts only for failed runs, one for each"
-    ours = [m for m in alert_inbox.messages if run_id in json.dumps(m)]
-    assert "nightly_backup_job" in ours[0]["text"]
+    [ours] = [m for m in alert_inbox.messages if run_id in json.dumps(m)]
+    assert "nightly_backup_job" in ours["text"]
+    assert f"Refusing to back up partition {partition}" in ours["text"], ours["text"]
