@@ -261,7 +261,7 @@ def _run_everything(cluster, monkeypatch, tmp_path) -> None:
         _build(_kaniko(poll_seconds=0.05), "hotpot-image-failed")
     cluster.job_outcome = lambda job: ("running", "", "")
     with pytest.raises(BuildFailed, match="deleted"):
-        _build(_kaniko(poll_seconds=0.05, timeout_seconds=0, deadline_grace_seconds=0), "hotpot-image-slow")
+        _build(_kaniko(poll_seconds=0.05, timeout_seconds=1, deadline_grace_seconds=0), "hotpot-image-slow")
 
     sign_in(cluster, monkeypatch, tmp_path, code_location_account())  # release_failure_sensor
     for settings in (INGRESS_NGINX, GATEWAY):
