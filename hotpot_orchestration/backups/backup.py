@@ -329,6 +329,7 @@ def take_backup(
                     sequences=inventory.sequences,
                     extensions=inventory.extensions,
                     large_objects=inventory.large_objects,
+                    restore_point=snapshot.restore_point,
                 )
                 with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
                     write_manifest(client, bucket, manifest_key, manifest, encryption)

@@ -74,8 +74,10 @@ def new_manifest(
     sequences: list[dict[str, Any]],
     extensions: list[dict[str, Any]],
     large_objects: int,
+    restore_point: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A manifest in the contract's field order; `verification` stays null until the archive is read back."""
+    """A manifest in the contract's field order; `verification` stays null until the archive is read back.
+    `restore_point` ({"name", "lsn"}) names the snapshot's WAL position for point-in-time drills."""
     return {
         "format": MANIFEST_FORMAT,
         "database": database,
@@ -96,6 +98,7 @@ def new_manifest(
         "sequences": sequences,
         "extensions": extensions,
         "large_objects": large_objects,
+        "restore_point": restore_point,
         "verification": None,
     }
 

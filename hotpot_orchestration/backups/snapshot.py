@@ -8,9 +8,11 @@ streams (on their own connection), instead of before it.
 
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
@@ -78,6 +80,9 @@ class ExportedSnapshot:
         self.server_version = ""
         self.server_version_num = 0
         self.database_bytes = 0
+        # The named WAL position of this snapshot ({"name", "lsn"}), for point-in-time drills; None when the
+        # server cannot make one (wal_level=minimal, or the role may not run pg_create_restore_point).
+        self.restore_point: dict[str, str] | None = None
 
     def __enter__(self) -> ExportedSnapshot:
         import psycopg
@@ -108,7 +113,23 @@ class ExportedSnapshot:
         self.snapshot_id, self.created_at, version, self.server_version_num, self.database_bytes = row
         # Distribution builds append their own text ("18.1 (Debian 18.1-1.pgdg13+1)").
         self.server_version = version.split()[0]
+        self._create_restore_point(psycopg)
         return self
+
+    def _create_restore_point(self, psycopg) -> None:
+        """Mark the snapshot's instant in the WAL, right after exporting it: recovery to this name replays
+        exactly the commits the snapshot sees (barring one landing in the microseconds between the two).
+        In a savepoint: a refusal must not end the exported snapshot's transaction."""
+        name = f"hotpot-backup-{self.created_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+        self._conn.execute("SAVEPOINT restore_point")
+        try:
+            lsn = self._conn.execute("SELECT pg_create_restore_point(%s)::text", (name,)).fetchone()[0]
+        except psycopg.Error as error:
+            self._conn.execute("ROLLBACK TO SAVEPOINT restore_point")
+            logging.getLogger(__name__).warning(f"no restore point for point-in-time drills: {error}")
+            return
+        self._conn.execute("RELEASE SAVEPOINT restore_point")
+        self.restore_point = {"name": name, "lsn": lsn}
 
     def __exit__(self, *exc_info) -> None:
         self.release()
