@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -75,6 +77,15 @@ def assert_shows(page, text: str, where: str = "body") -> None:
     expect(page.locator(where).first).to_contain_text(text, timeout=SCREEN_MS)
 
 
+@contextmanager
+def screenshot_after(page, name: str) -> Iterator[None]:
+    """test-artifacts/NAME.png of the page once the block's assertions passed, or failed."""
+    try:
+        yield
+    finally:
+        page.screenshot(path=ARTIFACTS / f"{name}.png")
+
+
 def assert_visible(page, name: str) -> None:
     from playwright.sync_api import expect
 
@@ -89,9 +100,9 @@ def test_asset_graph_shows_every_asset_of_the_group(page, dagster_ui, definition
     )
     assert assets, f"no asset in group {group}"
     page.goto(f"{dagster_ui.url}/locations/{LOCATION}/asset-groups/{group}", wait_until="networkidle")
-    for asset in assets:
-        assert_visible(page, asset)
-    page.screenshot(path=ARTIFACTS / f"asset-graph-{group}.png")
+    with screenshot_after(page, f"asset-graph-{group}"):
+        for asset in assets:
+            assert_visible(page, asset)
 
 
 @pytest.mark.parametrize("asset", ["postgres_backup", "restore_drill"])
@@ -106,26 +117,26 @@ def test_asset_page_shows_its_description_and_each_check_with_its_description(
     assert checks, f"{asset} has no checks"
 
     page.goto(f"{dagster_ui.url}/assets/{asset}", wait_until="networkidle")
-    assert_shows(page, on_screen(graph.get(key).description))
-    page.screenshot(path=ARTIFACTS / f"asset-{asset}.png")
+    with screenshot_after(page, f"asset-{asset}"):
+        assert_shows(page, on_screen(graph.get(key).description))
 
     page.goto(f"{dagster_ui.url}/assets/{asset}?view=checks", wait_until="networkidle")
-    assert_shows(page, f"Checks ({len(checks)})")
-    for check in checks:
-        page.get_by_text(check.name, exact=True).first.click()
-        assert_shows(page, on_screen(graph.get(check).description))
-    page.screenshot(path=ARTIFACTS / f"asset-{asset}-checks.png")
+    with screenshot_after(page, f"asset-{asset}-checks"):
+        assert_shows(page, f"Checks ({len(checks)})")
+        for check in checks:
+            page.get_by_text(check.name, exact=True).first.click()
+            assert_shows(page, on_screen(graph.get(check).description))
 
 
 @pytest.mark.parametrize("schedule", ["nightly_backup_schedule", "restore_drill_schedule"])
 def test_schedule_page_shows_its_cron_timezone_and_job(page, dagster_ui, definitions, schedule):
     definition = definitions.resolve_schedule_def(schedule)
     page.goto(f"{dagster_ui.url}/locations/{LOCATION}/schedules/{schedule}", wait_until="networkidle")
-    # Dagster writes the cron out in words, then the expression itself in brackets.
-    assert_shows(page, f"({definition.cron_schedule})")
-    assert_shows(page, definition.execution_timezone, where="tr:has-text('Execution timezone')")
-    assert_shows(page, definition.job_name, where="tr:has-text('Target')")
-    page.screenshot(path=ARTIFACTS / f"schedule-{schedule}.png")
+    with screenshot_after(page, f"schedule-{schedule}"):
+        # Dagster writes the cron out in words, then the expression itself in brackets.
+        assert_shows(page, f"({definition.cron_schedule})")
+        assert_shows(page, definition.execution_timezone, where="tr:has-text('Execution timezone')")
+        assert_shows(page, definition.job_name, where="tr:has-text('Target')")
 
 
 def test_launching_a_job_from_the_launchpad_creates_a_run(page, dagster_ui):
@@ -141,9 +152,9 @@ def test_launching_a_job_from_the_launchpad_creates_a_run(page, dagster_ui):
 
     [run_id] = wait_until(lambda: set(runs_of(dagster_ui, job)) - before, 60, failed_to_launch, interval=0.5)
     # The UI takes the operator to the run it launched.
-    page.wait_for_url(re.compile(f"/runs/{run_id}"))
-    page.screenshot(path=ARTIFACTS / "launched-run.png")
-    assert_shows(page, job)
+    with screenshot_after(page, "launched-run"):
+        page.wait_for_url(re.compile(f"/runs/{run_id}"))
+        assert_shows(page, job)
 
 
 def runs_of(dagster_ui: DagsterServices, job: str) -> list[str]:
