@@ -8,8 +8,10 @@ import gzip
 import json
 import socket
 import tempfile
+import threading
 import uuid
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -210,3 +212,110 @@ def test_unset_registry_skips_with_the_variable_name():
         resources={"registry": RegistryResource(), "image_tag_policy": ImageTagPolicyResource()}
     ).tick()
     assert "HOTPOT_REGISTRY is not set" in reason(result)
+
+
+TAG = "abc123def456"
+
+
+class MalformedRegistry:
+    """A registry on 127.0.0.1 speaking just enough of the v2 API to be watched, serving the given bodies:
+    `tags` for the tag list, `manifest` (with `manifest_type`) for every manifest, `config` for every blob."""
+
+    def __init__(self, tags: bytes, manifest: bytes = b"", manifest_type: str = OCI_MANIFEST, config=b""):
+        answers = {"tags/list": (tags, "application/json"), "manifests/": (manifest, manifest_type)}
+        answers["blobs/"] = (config, "application/octet-stream")
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self, send_body: bool) -> None:
+                found = (answer for part, answer in answers.items() if part in self.path)
+                body, content_type = next(found, (b"{}", "application/json"))
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                if "/manifests/" in self.path:
+                    self.send_header("Docker-Content-Digest", sha256_digest(body))
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self.answer(send_body=True)
+
+            def do_HEAD(self) -> None:
+                self.answer(send_body=False)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> MalformedRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def manifest(**fields) -> bytes:
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [], **fields}).encode()
+
+
+GOOD_TAGS = json.dumps({"name": "test/bad", "tags": [TAG]}).encode()
+CONFIG = b'{"created": 1700000000}'
+WITH_CONFIG = manifest(config={"mediaType": "application/vnd.oci.image.config.v1+json",
+                               "digest": sha256_digest(CONFIG), "size": len(CONFIG)})  # fmt: skip
+BAD_CONFIG = b"{created: yesterday"
+WITH_BAD_CONFIG = manifest(config={"digest": sha256_digest(BAD_CONFIG), "size": len(BAD_CONFIG)})
+
+
+@pytest.mark.parametrize(
+    ("answers", "expected"),
+    [
+        ({"tags": b"{not json"}, "the tag list of test/bad from 127.0.0.1:{port} is not JSON"),
+        ({"tags": b"[]"}, "the tag list of test/bad from 127.0.0.1:{port} is an array, not a JSON object"),
+        ({"tags": b'{"tags": "abc123def456"}'}, "has 'tags' as a string, expected an array of strings"),
+        ({"tags": b'{"tags": [123456789012]}'}, "has a tag that is a number: 123456789012"),
+        ({"tags": GOOD_TAGS, "manifest": b"<html>"}, "manifest sha256:"),
+        (
+            {"tags": GOOD_TAGS, "manifest": b'{"mediaType": 2}', "manifest_type": ""},
+            "the manifest of test/bad:abc123def456 (sha256:",
+        ),
+        ({"tags": GOOD_TAGS, "manifest": manifest(annotations="new")}, "has 'annotations' as a string"),
+        ({"tags": GOOD_TAGS, "manifest": manifest()}, "has no config digest, so the image's config"),
+        ({"tags": GOOD_TAGS, "manifest": manifest(config="sha256:1")}, "has 'config' as a string, expected"),
+        (
+            {"tags": GOOD_TAGS, "manifest": WITH_BAD_CONFIG, "config": BAD_CONFIG},
+            f"the image config {sha256_digest(BAD_CONFIG)} of test/bad:abc123def456 is not JSON",
+        ),
+        (
+            {"tags": GOOD_TAGS, "manifest": WITH_CONFIG, "config": CONFIG},
+            "the image config of test/bad:abc123def456 has 'created' as a number, expected a string",
+        ),
+    ],
+    ids=[
+        "tags-not-json",
+        "tags-not-an-object",
+        "tags-a-string",
+        "tag-a-number",
+        "manifest-not-json",
+        "media-type-a-number",
+        "annotations-a-string",
+        "manifest-without-config",
+        "config-a-string",
+        "config-blob-not-json",
+        "created-a-number",
+    ],
+)
+def test_a_malformed_registry_answer_skips_the_tick_naming_what_was_wrong(answers, expected):
+    with MalformedRegistry(**answers) as served:
+        resources = {
+            "registry": RegistryResource(registry=served.host, repository="test/bad", max_attempts=1),
+            "image_tag_policy": ImageTagPolicyResource(),
+        }
+        result = Ticker(resources=resources).tick()
+    assert result.run_requests == []
+    assert reason(result).startswith("malformed answer from the registry: ")
+    assert expected.format(port=served.host.split(":")[1]) in reason(result)

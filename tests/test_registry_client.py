@@ -16,6 +16,8 @@ from hotpot_orchestration.platform.registry import (
     OCI_MANIFEST,
     RegistryAuthError,
     RegistryClient,
+    RegistryError,
+    RegistryProtocolError,
     RegistryUnavailable,
     RepositoryNotFound,
     is_loopback,
@@ -214,6 +216,33 @@ def test_refused_token_is_an_auth_error():
 
     registry, _ = client(handler, registry="registry.example.com", username="alice", password="bad")
     with pytest.raises(RegistryAuthError, match="refused the credentials"):
+        registry.list_tags("team/api")
+
+
+@pytest.mark.parametrize(
+    ("token_answer", "expected"),
+    [
+        (httpx.Response(200, text="<html>sign in</html>"), "the answer of token service https://"),
+        (httpx.Response(200, json={"token": 42}), "has 'token' as a number, expected a string"),
+        (httpx.Response(200, json={"token": "T", "expires_in": "soon"}), "has 'expires_in' as a string"),
+    ],
+)
+def test_a_malformed_token_answer_is_a_protocol_error(token_answer, expected):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            return token_answer
+        return httpx.Response(
+            401, headers={"WWW-Authenticate": 'Bearer realm="https://registry.example.com/token"'}
+        )
+
+    registry, _ = client(handler, registry="registry.example.com")
+    with pytest.raises(RegistryProtocolError, match=expected):
+        registry.list_tags("team/api")
+
+
+def test_an_error_body_not_in_the_apis_shape_still_gives_the_status():
+    registry, _ = client(lambda request: httpx.Response(400, json={"errors": {"code": "X"}}))
+    with pytest.raises(RegistryError, match="answered HTTP 400"):
         registry.list_tags("team/api")
 
 

@@ -66,6 +66,39 @@ class RepositoryNotFound(RegistryError):
     """The repository does not exist (no image was ever pushed to it)."""
 
 
+class RegistryProtocolError(RegistryError):
+    """A successful answer whose body is not what the API defines (not JSON, a field of the wrong type, a
+    manifest without its config); the message names what was read and what was wrong with it."""
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def _json_type(value: object) -> str:
+    """How a JSON value's type reads in a message: "an object", "a number", "null"..."""
+    number = isinstance(value, int | float)
+    return _JSON_TYPES.get(type(value), "a number" if number else type(value).__name__)
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """`body` parsed as a JSON object, or RegistryProtocolError naming `what` and why not."""
+    try:
+        value = json.loads(body)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise RegistryProtocolError(f"{what} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise RegistryProtocolError(f"{what} is {_json_type(value)}, not a JSON object")
+    return value
+
+
+def _field(document: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, expected: str):
+    """document[key] when it is absent (None) or of `kind`, else RegistryProtocolError."""
+    value = document.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise RegistryProtocolError(f"{what} has {key!r} as {_json_type(value)}, expected {expected}")
+    return value
+
+
 @dataclass(frozen=True)
 class Manifest:
     digest: str
@@ -74,7 +107,7 @@ class Manifest:
 
     @property
     def json(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        return _json_object(self.body, f"manifest {self.digest}")
 
     @property
     def is_index(self) -> bool:
@@ -265,11 +298,13 @@ class RegistryClient:
             )
         if response.status_code != 200:
             raise RegistryError(f"token service {realm} answered HTTP {response.status_code}")
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
+        what = f"the answer of token service {realm}"
+        body = _json_object(response.content, what)
+        token = _field(body, "token", str, what, "a string")
+        token = token or _field(body, "access_token", str, what, "a string")
         if not token:
             raise RegistryAuthError(f"token service {realm} answered without a token")
-        lifetime = float(body.get("expires_in") or 60)
+        lifetime = float(_field(body, "expires_in", int | float, what, "a number of seconds") or 60)
         self._tokens[scope] = (token, time.monotonic() + max(lifetime - 10, 5))
 
     def request(
@@ -332,9 +367,9 @@ class RegistryClient:
         code = ""
         try:
             errors = response.json().get("errors") or []
-            code = errors[0].get("code", "") if errors else ""
-        except (ValueError, AttributeError):
-            pass
+            code = str(errors[0].get("code", "")) if errors else ""
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError):
+            pass  # an error body that is not the API's: the status alone says enough
         if response.status_code == 404 and code == "NAME_UNKNOWN":
             raise RepositoryNotFound(f"repository {repository} does not exist on {self.registry}")
         if response.status_code in (401, 403):
@@ -361,7 +396,13 @@ class RegistryClient:
             seen_urls.add(url)
             response = self.request("GET", url, scope=scope)
             self._raise_for(response, f"listing tags of {repository}", repository)
-            yield list(response.json().get("tags") or [])
+            what = f"the tag list of {repository} from {self.registry}"
+            listing = _json_object(response.content, what)
+            tags = _field(listing, "tags", list, what, "an array of strings") or []
+            wrong = next((tag for tag in tags if not isinstance(tag, str)), None)
+            if wrong is not None:
+                raise RegistryProtocolError(f"{what} has a tag that is {_json_type(wrong)}: {wrong!r}")
+            yield tags
             next_link = response.links.get("next", {}).get("url")
             url = urljoin(self.base_url + "/", next_link) if next_link else None
             if url and url.startswith(self.base_url):
@@ -399,9 +440,10 @@ class RegistryClient:
         self._raise_for(response, f"reading the manifest of {repository}:{reference}", repository)
         body = response.content
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        if not media_type or media_type == "application/json":
-            media_type = json.loads(body).get("mediaType", "")
         digest = response.headers.get("Docker-Content-Digest") or sha256_digest(body)
+        if not media_type or media_type == "application/json":
+            what = f"the manifest of {repository}:{reference} ({digest})"
+            media_type = _field(_json_object(body, what), "mediaType", str, what, "a string") or ""
         return Manifest(digest=digest, media_type=media_type, body=body)
 
     def get_blob(self, repository: str, digest: str) -> bytes:
@@ -423,27 +465,43 @@ class RegistryClient:
         top = manifest or self.get_manifest(repository, reference)
         image = top
         if top.is_index:
+            what = f"the index {repository}:{reference} ({top.digest})"
+            entries = _field(top.json, "manifests", list, what, "an array of objects") or []
+            if not all(
+                isinstance(entry, dict)
+                and isinstance(entry.get("platform") or {}, dict)
+                and isinstance(entry.get("digest"), str)
+                for entry in entries
+            ):
+                raise RegistryProtocolError(f"{what} lists a manifest that is not an object with a digest")
             wanted = [
                 entry
-                for entry in top.json.get("manifests", [])
+                for entry in entries
                 if (entry.get("platform") or {}).get("os") == platform[0]
                 and (entry.get("platform") or {}).get("architecture") == platform[1]
             ]
             if not wanted:
                 raise RegistryError(f"{repository}:{reference} has no {platform[0]}/{platform[1]} image")
             image = self.get_manifest(repository, wanted[0]["digest"])
-        config_digest = image.json["config"]["digest"]
-        return top, json.loads(self.get_blob(repository, config_digest))
+        what = f"the manifest of {repository}:{reference} ({image.digest})"
+        config = _field(image.json, "config", dict, what, "an object")
+        if config is None or not isinstance(config.get("digest"), str):
+            raise RegistryProtocolError(f"{what} has no config digest, so the image's config cannot be read")
+        config_digest = config["digest"]
+        blob = self.get_blob(repository, config_digest)
+        return top, _json_object(blob, f"the image config {config_digest} of {repository}:{reference}")
 
     def image_created(self, repository: str, reference: str) -> tuple[str, datetime | None]:
         """(manifest digest, creation time or None): the manifest's `org.opencontainers.image.created`
         annotation when it has one (one request), else the image config's `created` (two or three)."""
         top = self.get_manifest(repository, reference)
-        annotated = (top.json.get("annotations") or {}).get(CREATED_ANNOTATION)
+        what = f"the manifest of {repository}:{reference} ({top.digest})"
+        annotations = _field(top.json, "annotations", dict, what, "an object") or {}
+        annotated = _field(annotations, CREATED_ANNOTATION, str, f"{what}'s annotations", "a string")
         if annotated and parse_created(annotated):
             return top.digest, parse_created(annotated)
         _, config = self.image_config(repository, reference, manifest=top)
-        created = config.get("created")
+        created = _field(config, "created", str, f"the image config of {repository}:{reference}", "a string")
         return top.digest, parse_created(created) if created else None
 
     # ------------------------------------------------------------------ writing

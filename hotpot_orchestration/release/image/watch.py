@@ -5,7 +5,8 @@ Plain Python with a cursor of its own (JSON), so `new_image_tag_sensor` stays a 
   release), the creation time of every tag it has read (commit tags are immutable, so a time is read once),
   and the digest of the last winner;
 - the digest running in production is never proposed;
-- a registry that is down, or a repository with no images yet, gives a reason to skip, never an exception.
+- a registry that is down, a repository with no images yet, or a malformed answer (bad JSON, wrong types,
+  a manifest without config) gives a reason to skip naming what was wrong, never an exception.
 
 Requests per tick: one per page of tags, plus, for the `semver` order, one HEAD when the winning tag is new
 (or on every tick if tags are declared mutable); for the `created` order, one manifest read for every tag
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from hotpot_orchestration.platform.registry import (
     RegistryClient,
     RegistryError,
+    RegistryProtocolError,
     RegistryUnavailable,
     RepositoryNotFound,
 )
@@ -140,6 +142,8 @@ def evaluate(
         return skip(f"{where} has no images yet")
     except RegistryUnavailable as error:
         return skip(f"registry unavailable: {error}")
+    except RegistryProtocolError as error:
+        return skip(f"malformed answer from the registry: {error}")
     except RegistryError as error:
         return skip(f"registry error: {error}")
 
