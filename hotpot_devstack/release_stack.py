@@ -25,7 +25,7 @@ import dagster as dg
 
 from hotpot_devstack import API_JOB, COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
 from hotpot_devstack.backups import write_backup_record
-from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout import build_rollout_defs
 from hotpot_orchestration.release.rollout.plan import load_plan, parse_plan
@@ -254,9 +254,12 @@ def release_spec(
         "router": stack.router_resource().model_dump(),
         "prometheus_url": stack.prometheus.url,
         "image": {"tag": "v2", "digest": digest, "repository": repository, "registry": registry.host},
-        "backup_storage": {"bucket": bucket, "prefix": "database/", "endpoint_url": s3.endpoint_url},
-        # HOTPOT_DATABASE_URL as the release jobs see it: the backup gate reads only its database's name.
-        "database_url": f"postgresql://app@127.0.0.1:5432/{database}",
+        "backup_storage": {
+            "bucket": bucket,
+            "prefix": "database/",
+            "endpoint_url": s3.endpoint_url,
+            "database": database,
+        },
     }
 
 
@@ -271,7 +274,6 @@ def release_definitions(spec: dict) -> dg.Definitions:
                 "release_image": ReleaseImageResource(**spec["image"]),
                 "registry": RegistryResource(registry=spec["image"]["registry"]),
                 "backup_storage": BackupStorageResource(**spec["backup_storage"]),
-                "postgres": PostgresResource(url=spec["database_url"]),
             }
         ),
     )

@@ -10,9 +10,13 @@ import dagster as dg
 import pytest
 
 from hotpot_devstack.backups import write_backup_record
-from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.backups.checks import MAX_AGE
+from hotpot_orchestration.definitions import build_resources
+from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.rollout.gates import backup_gate
 from hotpot_orchestration.release.rollout.releases import _check_gates
+from hotpot_orchestration.settings import load_settings
 
 PREFIX = "database/"
 
@@ -37,8 +41,13 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
     gate_resources = (
         image,
         RegistryResource(registry=registry.host),
-        BackupStorageResource(bucket=bucket, prefix=PREFIX, endpoint_url=s3.endpoint_url, region=s3.region),
-        PostgresResource(url="postgresql://app@127.0.0.1:5432/thehotpotspot"),
+        BackupStorageResource(
+            bucket=bucket,
+            prefix=PREFIX,
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            database="thehotpotspot",
+        ),
     )
     now = datetime.now(UTC)
     client = s3.client()
@@ -62,3 +71,13 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
     write_backup_record(client, bucket, PREFIX, "thehotpotspot", now - timedelta(hours=2), ok=True)
     with dg.build_op_context() as context:
         _check_gates(context, *gate_resources)  # passes: no exception
+
+
+def test_the_gates_database_is_hotpot_database_urls_and_unset_blocks_the_release():
+    url = "postgresql://app:s3cret@db.internal:5433/thehotpotspot"
+    storage = build_resources(load_settings({"HOTPOT_DATABASE_URL": url}))["backup_storage"]
+    assert storage.database == "thehotpotspot"
+    assert "s3cret" not in repr(storage)  # the name only: a release needs no database credentials
+    unset = build_resources(load_settings({}))["backup_storage"]
+    result = backup_gate(lambda: None, datetime.now(UTC), database=unset.database, max_age=MAX_AGE)
+    assert not result.passed and "HOTPOT_DATABASE_URL is not set" in result.detail

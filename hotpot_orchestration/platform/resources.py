@@ -33,6 +33,11 @@ class BackupStorageResource(dg.ConfigurableResource):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
+    database: str = Field(
+        default="",
+        description="the database whose backup the release gate asks for: HOTPOT_DATABASE_URL's, by name "
+        "only (a release needs no database credentials)",
+    )
     max_attempts: int = Field(
         default=8, ge=1, le=20, description="attempts of each S3 request (the first one included)"
     )

@@ -31,6 +31,10 @@ def backup_gate(
     """The latest verified backup of `database` (the one being released against) exists and is younger
     than `max_age`; `find_latest_verified` looks up only that database's backups."""
     name = "backup fresh and verified"
+    if not database:
+        return GateResult(
+            name, False, "HOTPOT_DATABASE_URL is not set: the database whose backup to ask for is unknown"
+        )
     try:
         latest = find_latest_verified()
     except Exception as exc:  # any failure to look is a failed gate, with the reason

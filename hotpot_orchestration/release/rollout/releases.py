@@ -20,7 +20,7 @@ import dagster as dg
 
 from hotpot_orchestration.backups.checks import MAX_AGE as MAX_BACKUP_AGE
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
-from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout.analysis import Measurement, stable_values
 from hotpot_orchestration.release.rollout.controller import Approval, StepResult, analyse, wait_healthy
@@ -92,11 +92,10 @@ def _check_gates(
     image: ReleaseImageResource,
     registry: RegistryResource,
     backup_storage: BackupStorageResource,
-    postgres: PostgresResource,
 ) -> None:
     """The seed's pre-deployment checklist, before anything is deployed or routed. The backup must be of
     HOTPOT_DATABASE_URL's database: another database's backup in the same bucket does not count."""
-    database = postgres.target.dbname
+    database = backup_storage.database
 
     def resolve_digest() -> str | None:
         if image.registry != registry.registry:
@@ -236,24 +235,21 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
         + (" First checks the safety gates and deploys the image to the idle colour." if first else "")
     )
 
-    @dg.asset(
-        name=step.asset_name,
-        deps=[upstream],
-        group_name=GROUP,
-        description=description,
-        # Only the first step checks the gates: the registry, the backups and their database (postgres:
-        # HOTPOT_DATABASE_URL's) are its resources alone.
-        required_resource_keys={"traffic_router", "canary_prometheus", "release_image"}
-        | ({"registry", "backup_storage", "postgres"} if first else set()),
-    )
-    def canary_step(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        resources = context.resources
+    @dg.asset(name=step.asset_name, deps=[upstream], group_name=GROUP, description=description)
+    def canary_step(
+        context: dg.AssetExecutionContext,
+        traffic_router: TrafficRouterResource,
+        canary_prometheus: CanaryPrometheusResource,
+        release_image: ReleaseImageResource,
+        registry: RegistryResource,
+        backup_storage: BackupStorageResource,
+    ) -> dg.MaterializeResult:
         _in_release_job(context)
-        image = _image(resources.release_image)
-        router = resources.traffic_router.router()
+        image = _image(release_image)
+        router = traffic_router.router()
         with _alive(context):
             if first:
-                _check_gates(context, image, resources.registry, resources.backup_storage, resources.postgres)
+                _check_gates(context, image, registry, backup_storage)
             with _stable_on_error(context, router):
                 if first:
                     state = _deploy_idle(context, plan, router, image)
@@ -265,7 +261,7 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
                     f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
                 )
                 result = analyse(
-                    resources.canary_prometheus.client(),
+                    canary_prometheus.client(),
                     plan.analysis,
                     canary=state.idle,
                     # At 100 % stable serves nothing to compare with: thresholds alone apply.
@@ -337,12 +333,11 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
         release_image: ReleaseImageResource,
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
-        postgres: PostgresResource,
     ) -> str:
         router = traffic_router.router()
         with _alive(context):
             image = _image(release_image)
-            _check_gates(context, image, registry, backup_storage, postgres)
+            _check_gates(context, image, registry, backup_storage)
             state = _deploy_idle(context, plan, router, image)
         return state.idle
 
