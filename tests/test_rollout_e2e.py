@@ -38,7 +38,7 @@ from hotpot_devstack.release_stack import (
     release_definitions,
     release_spec,
 )
-from hotpot_orchestration.release.rollout.analysis import Prometheus, stable_values
+from hotpot_orchestration.release.rollout.analysis import Prometheus, request_count_query, stable_values
 from hotpot_orchestration.release.rollout.plan import parse_plan
 from hotpot_orchestration.release.rollout.resources import TrafficRouterResource
 from hotpot_orchestration.release.rollout.routers import RouteState
@@ -108,12 +108,22 @@ def answered_after(traffic: Traffic, since: float, count: int = 40) -> list:
 
 
 def wait_for_a_baseline(stack: ReleaseStack, color: str) -> None:
-    """Until Prometheus holds a window of `color`'s traffic, which a blue-green switch is judged against."""
+    """Until Prometheus holds a window of `color`'s traffic, which a blue-green switch is judged against:
+    enough requests, and a number for every metric."""
     prometheus = Prometheus(stack.prometheus.url)
+    requests = request_count_query(ANALYSIS.selector_for(color), ANALYSIS.window)
+
+    def baseline() -> dict:
+        return {"requests": prometheus.query(requests), **stable_values(prometheus, ANALYSIS, color)}
+
+    def enough(values: dict) -> bool:
+        numbers = all(value is not None and math.isfinite(value) for value in values.values())
+        return numbers and values["requests"] >= ANALYSIS.min_requests
+
     wait_until(
-        lambda: None not in stable_values(prometheus, ANALYSIS, color).values(),
+        lambda: enough(baseline()),
         SETTLE_SECONDS,
-        lambda: f"no baseline of {color} yet: {stable_values(prometheus, ANALYSIS, color)}",
+        lambda: f"no baseline of {color} yet: {baseline()}",
         interval=0.5,
     )
 
