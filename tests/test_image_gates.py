@@ -91,4 +91,8 @@ def test_run_config_cannot_name_gates():
         dg.validate_run_config(job, injected)
     with pytest.raises(dg.DagsterInvalidConfigError):
         job.execute_in_process(run_config=injected, instance=dg.DagsterInstance.ephemeral())
+    # Nor can a run point the build at another gates file: the checkout's gates.yaml is the only one.
+    other_file = {"resources": {"image_build": {"config": {"gates_file": "/tmp/gates.yaml"}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r'unexpected config entry "gates_file"'):
+        dg.validate_run_config(job, other_file)
     dg.validate_run_config(job, {})  # the job itself needs no op config

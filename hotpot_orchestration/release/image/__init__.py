@@ -101,7 +101,7 @@ def api_image(
                 log=context.log.info,
             ) as session,
         ):
-            for result in session.gates(image_build.gates_file):
+            for result in session.gates():
                 line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s"
                 if result.status in ("failed", "timed out"):
                     context.log.error(f"{line}\n{result.output_tail}")

@@ -24,7 +24,6 @@ from typing import Any
 from hotpot_orchestration.platform.registry import RegistryClient, RegistryError, sha256_digest
 from hotpot_orchestration.release.image.builders import BuildRequest
 from hotpot_orchestration.release.image.gates import (
-    GATES_FILE,
     GateResult,
     check_gate_results,
     iter_gates,
@@ -187,10 +186,10 @@ class BuildSession:
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def gates(self, gates_file: str = GATES_FILE) -> Iterator[GateResult]:
-        """Run the snapshot's own gates file, yielding each result as it comes."""
+    def gates(self) -> Iterator[GateResult]:
+        """Run the snapshot's own gates.yaml, yielding each result as it comes."""
         assert self.snapshot is not None, "enter the session first"
-        gates = load_gates(self.snapshot.workspace, gates_file)
+        gates = load_gates(self.snapshot.workspace)
         for result in iter_gates(gates, self.snapshot.workspace):
             self.gate_results.append(result)
             yield result
@@ -237,17 +236,3 @@ class BuildSession:
             dirty_checkout=snapshot.dirty,
             gates=tuple(self.gate_results),
         )
-
-
-def build_and_publish(
-    *,
-    gates_file: str = GATES_FILE,
-    on_gate: Callable[[GateResult], None] | None = None,
-    **session_args,
-) -> ImageBuild:
-    """The whole of `api_image` in one call: snapshot, gates (raising `GateFailed`), build, immutable push."""
-    with BuildSession(**session_args) as session:
-        for result in session.gates(gates_file):
-            if on_gate:
-                on_gate(result)
-        return session.build_and_push()

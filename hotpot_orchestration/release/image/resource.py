@@ -61,7 +61,6 @@ class ImageBuildResource(dg.ConfigurableResource):
         description="checkout of the API's source, with a Dockerfile and gates.yaml at its top"
     )
     builder: str = Field(default="buildah", description="buildah, docker or kaniko")
-    gates_file: str = Field(default="gates.yaml", description="the gates file, relative to the source")
     sha_length: int = Field(default=DEFAULT_SHA_LENGTH, description="characters of the commit SHA in the tag")
     work_dir: str | None = Field(default=None, description="parent of build workspaces; unset: the temp dir")
     buildah_binary: str = "buildah"
