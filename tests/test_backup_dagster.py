@@ -1,20 +1,30 @@
 """postgres_backup, its checks, backup_retention and the nightly job, run through Dagster against real
 PostgreSQL and S3 (moto's server), configured from the environment as in production."""
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+import yaml
+from botocore.exceptions import ClientError
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._utils.tags import TagConcurrencyLimitsCounter
 from support.backups import FOREIGN_KEYS, put_foreign_keys
+from support.waiting import wait_until
 
 from hotpot_devstack import S3Server
 from hotpot_devstack.backups import write_backup_record
+from hotpot_devstack.s3 import FaultyS3Proxy
 from hotpot_orchestration.backups import build_defs
-from hotpot_orchestration.backups.assets import backup_partitions
-from hotpot_orchestration.backups.catalog import list_backups, read_manifest
+from hotpot_orchestration.backups.assets import BACKUP_ATTEMPTS, backup_partitions
+from hotpot_orchestration.backups.catalog import backup_keys, list_backups, read_manifest
 from hotpot_orchestration.backups.checks import FRESH, VALID
+from hotpot_orchestration.backups.schedules import BACKUP_DATABASE_TAG
 from hotpot_orchestration.backups.stream import same_s3_checksum
 from hotpot_orchestration.definitions import build_resources
 from hotpot_orchestration.platform.resources import BackupStorageResource
@@ -23,6 +33,7 @@ from hotpot_orchestration.settings import load_settings
 pytestmark = pytest.mark.slow
 
 PREFIX = "database/"
+LOCAL_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 NO_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 
 
@@ -48,8 +59,13 @@ def environment(monkeypatch, postgres, s3, bucket, dbname, **extra):
     return env
 
 
+# The code location's policy, with waits of a tenth of a second instead of a minute.
+QUICK_RETRY = dg.RetryPolicy(max_retries=BACKUP_ATTEMPTS - 1, delay=0.1, backoff=dg.Backoff.EXPONENTIAL)
+
+
 def code_location(**overrides) -> dg.Definitions:
-    """The backups concern with the code location's own resources (a few S3 attempts, to fail fast)."""
+    """The backups concern with the code location's own resources (a few S3 attempts, to fail fast) and its
+    retry policy with short waits."""
     settings = load_settings()
     resources = build_resources(settings)
     storage = resources["backup_storage"]
@@ -60,7 +76,7 @@ def code_location(**overrides) -> dg.Definitions:
         region=storage.region,
         max_attempts=overrides.get("max_attempts", storage.max_attempts),
     )
-    return dg.Definitions.merge(build_defs(settings), dg.Definitions(resources=resources))
+    return dg.Definitions.merge(build_defs(settings, QUICK_RETRY), dg.Definitions(resources=resources))
 
 
 def latest_partition() -> str:
@@ -83,9 +99,27 @@ def run_selection(selection: dg.AssetSelection):
     return defs.resolve_job_def("selected").execute_in_process(instance=dg.DagsterInstance.ephemeral())
 
 
+def with_causes(error) -> str:
+    """An error's message and its causes' (after the last retry, Dagster's own error wraps ours)."""
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
 def failure_message(result) -> str:
     [failure] = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
-    return failure.step_failure_data.error.message
+    return with_causes(failure.step_failure_data.error)
+
+
+def retries(result) -> list[str]:
+    """The error of each failed attempt of a step that its RetryPolicy retried."""
+    return [
+        with_causes(event.event_specific_data.error)
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
 
 
 def everything_recorded(result, instance) -> str:
@@ -167,7 +201,8 @@ def test_a_wrong_password_is_named_and_never_recorded(
     result, instance = run_nightly()
     assert not result.success
     assert "HOTPOT_DATABASE_URL's password was refused" in failure_message(result)
-    # Not retried: neither inside the step, nor by the instance's run retries.
+    # Not retried: neither by the step's RetryPolicy, nor by the instance's run retries.
+    assert retries(result) == []
     assert instance.get_run_by_id(result.run_id).tags[NO_RETRY_TAG] == "false"
     captured = capfd.readouterr()
     for text in (everything_recorded(result, instance), captured.out, captured.err):
@@ -183,6 +218,8 @@ def test_s3_down_fails_the_run_saying_so(monkeypatch, postgres, fresh_s3, sample
     assert not result.success
     message = failure_message(result)
     assert "S3 at http://127.0.0.1:" in message and "is unreachable" in message
+    # Transient: the step's RetryPolicy tried it BACKUP_ATTEMPTS times in all.
+    assert len(retries(result)) == BACKUP_ATTEMPTS - 1
 
 
 def test_refused_aws_keys_are_named(monkeypatch, postgres, sample_database):
@@ -255,3 +292,106 @@ def test_schedule_runs_at_two_for_the_day_that_ended(monkeypatch):
     [request] = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=tick)).run_requests
     assert request.partition_key == "2026-02-28"
     assert request.job_name == "nightly_backup_job"
+
+
+def test_a_part_corrupted_on_the_way_to_seaweedfs_is_retried_by_the_steps_policy(
+    monkeypatch, postgres, seaweedfs, sample_database
+):
+    bucket = f"backups-{uuid.uuid4().hex[:12]}"
+    seaweedfs.create_bucket(bucket)
+    with FaultyS3Proxy(seaweedfs, "corrupt") as corrupting:
+        environment(monkeypatch, postgres, corrupting, bucket, sample_database)
+        result, _ = run_nightly()
+    assert result.success
+    [refused] = retries(result)
+    assert "BadDigest" in refused
+    client = seaweedfs.client()
+    [stored] = list_backups(client, bucket, PREFIX, sample_database)
+    assert stored.verified  # the archive check read the retried attempt's dump back in full
+    # The failed attempt left nothing: one dump and its manifest, no upload.
+    keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == sorted([stored.dump_key, stored.manifest_key])
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_backups_of_one_database_queue_behind_each_other(monkeypatch, postgres, s3, bucket):
+    environment(monkeypatch, postgres, s3, bucket, "hotpot")
+    tags = code_location().resolve_job_def("nightly_backup_job").tags
+    assert tags[BACKUP_DATABASE_TAG] == "hotpot"
+    assert tags["dagster/max_runtime"] == str(load_settings().backup_timeout_seconds)
+    limits = yaml.safe_load(LOCAL_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
+    # Dagster's own run queue counter, fed dagster.yaml's limits, as the daemon dequeues runs.
+    counter = TagConcurrencyLimitsCounter(limits, [])
+    counter.update_counters_with_launched_item(
+        DagsterRun(job_name="nightly_backup_job", run_id="a", tags=tags)
+    )
+    manual = DagsterRun(job_name="nightly_backup_job", run_id="b", tags=tags)  # launched by hand
+    other_database = DagsterRun(
+        job_name="nightly_backup_job", run_id="c", tags={**tags, BACKUP_DATABASE_TAG: "x"}
+    )
+    assert counter.is_blocked(manual)
+    assert not counter.is_blocked(other_database)
+
+
+def test_s3_attempts_are_what_max_attempts_says():
+    requests = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        storage = BackupStorageResource(
+            bucket="b-503", endpoint_url=f"http://127.0.0.1:{server.server_port}", max_attempts=3
+        )
+        client = storage.client()
+        with pytest.raises(ClientError):
+            client.list_objects_v2(Bucket="b-503")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(requests) == 3
+
+
+def test_retention_removes_what_a_killed_backup_left_once_older_than_a_run_can_last(
+    monkeypatch, postgres, s3, bucket
+):
+    # A run lasts at most 1 s here, and a stall is noticed within 1 s: older than 2 s is an orphan.
+    environment(
+        monkeypatch,
+        postgres,
+        s3,
+        bucket,
+        "hotpot",
+        HOTPOT_BACKUP_TIMEOUT_SECONDS="1",
+        HOTPOT_BACKUP_STALL_SECONDS="1",
+    )
+    client = s3.client()
+    put_foreign_keys(client, bucket)
+    now = datetime.now(UTC)
+    good = write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=True)
+    orphan, _ = backup_keys(PREFIX, "hotpot", now.date().isoformat(), now)
+    client.put_object(
+        Bucket=bucket,
+        Key=orphan,
+        Body=b"PGDMP",
+        Metadata={"database": "hotpot", "partition": now.date().isoformat()},
+    )
+    modified = client.head_object(Bucket=bucket, Key=orphan)["LastModified"]
+    wait_until(lambda: datetime.now(UTC) - modified > timedelta(seconds=3), 10, "the orphan to age")
+
+    result = run_selection(dg.AssetSelection.assets("backup_retention"))
+    assert result.success
+    meta = result.asset_materializations_for_node("backup_retention")[0].metadata
+    assert meta["orphan_dumps_deleted"].value == [orphan]
+    assert meta["orphan_uploads_aborted"].value == []
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert orphan not in keys and set(good) <= keys and set(FOREIGN_KEYS) <= keys
