@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ import psycopg
 from psycopg import sql
 
 from ._process import INSTALL_HINT, MissingProgram, Service, ServiceError, find_program, free_port
+from .s3 import S3Server
 
 # Overrides the unprivileged OS user the server runs as when we are root.
 RUN_AS_ENV = "HOTPOT_DEVSTACK_PG_OS_USER"
@@ -115,6 +117,30 @@ def _runnable_copy(bin_dir: Path) -> Path:
     return copied_bin
 
 
+@dataclass(frozen=True)
+class WalArchive:
+    """Where a server archives its WAL: barman-cloud-wal-archive into `bucket`/`prefix` of `s3` (gzip,
+    AES256), as the `server_name` of barman's layout. The S3 credentials are in the server's environment."""
+
+    s3: S3Server
+    bucket: str
+    prefix: str = "pitr/"
+    server_name: str = "hotpot"
+    # A segment is archived at the latest this long after its first change (the RPO of an idle-ish server).
+    timeout_seconds: int = 60
+
+    def barman(self, bin_dir: Path | None = None):
+        from hotpot_orchestration.pitr.barman import BarmanCloud  # the product's command lines, used as is
+
+        return BarmanCloud(
+            bucket=self.bucket,
+            prefix=self.prefix,
+            server_name=self.server_name,
+            endpoint_url=self.s3.endpoint_url,
+            bin_dir=bin_dir,
+        )
+
+
 def default_os_user() -> str:
     configured = os.environ.get(RUN_AS_ENV)
     if configured:
@@ -139,9 +165,12 @@ class Postgres(Service):
         bin_dir: str | os.PathLike | None = None,
         os_user: str | None = None,
         startup_timeout: float = 60.0,
+        wal_archive: WalArchive | None = None,
     ):
         super().__init__()
         self._bin_dir = Path(bin_dir) if bin_dir is not None else None
+        # archive_mode=on with barman-cloud-wal-archive as archive_command (its S3 must be running first).
+        self.wal_archive = wal_archive
         self._os_user = os_user
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
@@ -252,6 +281,7 @@ class Postgres(Service):
         if result.returncode != 0:
             raise ServiceError(f"initdb failed (exit {result.returncode}):\n{initdb_log.read_text()}")
         self.version = int((data / "PG_VERSION").read_text().strip())
+        archiving, env = self._archiving()
         self._spawn(
             self._as_os_user(
                 [
@@ -271,10 +301,37 @@ class Postgres(Service):
                     "synchronous_commit=off",
                     "-c",
                     "full_page_writes=off",
+                    *archiving,
                 ]
-            )
+            ),
+            env=env,
         )
         self._wait_until(self._accepts_login, f"PostgreSQL to accept logins on {self.host}:{self.port}")
+
+    def _archiving(self) -> tuple[list[str], dict[str, str] | None]:
+        """Server options and environment that archive WAL to `wal_archive` (none without one)."""
+        if self.wal_archive is None:
+            return [], None
+        from hotpot_orchestration.pitr.runas import barman_bin_dir
+
+        archive = self.wal_archive
+        try:
+            archive.s3.client().head_bucket(Bucket=archive.bucket)
+        except Exception:  # missing: archive_command would fail (and back off) until someone creates it
+            archive.s3.create_bucket(archive.bucket)
+        command = archive.barman(barman_bin_dir(self.os_user)).archive_command()
+        options = {
+            "wal_level": "replica",
+            "archive_mode": "on",
+            "archive_command": command,
+            "archive_timeout": f"{archive.timeout_seconds}s",
+            # The newest commit's time, for the RPO a point-in-time drill measures.
+            "track_commit_timestamp": "on",
+            # Base backups must be restorable: torn pages are only repaired from full-page images.
+            "full_page_writes": "on",
+        }
+        env = {**os.environ, **archive.s3.env(), "HOME": str(self.tmp)}
+        return [arg for name, value in options.items() for arg in ("-c", f"{name}={value}")], env
 
     def _accepts_login(self) -> bool:
         with self.connect() as conn:

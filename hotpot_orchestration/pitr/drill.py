@@ -1,0 +1,183 @@
+"""The point-in-time drill: recover a scratch server from the archive, check it exactly, measure RTO and RPO.
+
+1. The newest logical backup with a restore point (written by the nightly backup at its snapshot) and the
+   newest base backup that ends before that point.
+2. Every WAL segment from the base backup on is in the archive (a gap is named before any download).
+3. The base backup is restored, the server replays WAL to the restore point and pauses there: every table
+   of the logical manifest must have exactly its row count.
+4. The same server then replays to the end of the archive and is promoted: the newest commit it holds,
+   against the newest commit on the source when the drill began, is the RPO.
+The scratch server is stopped and its directory deleted whatever happens (see scratch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hotpot_orchestration.backups.catalog import Backup, list_backups
+from hotpot_orchestration.pitr.archive import archived_wal, first_gap
+from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
+from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError, ScratchServer
+from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.restores.verify import check_tables
+
+# Sessions counting rows in the scratch server at once.
+COUNT_JOBS = 2
+
+
+class DrillError(RuntimeError):
+    """The drill could not recover, or what it recovered differs from the logical backup."""
+
+
+@dataclass
+class DrillResult:
+    backup_id: str
+    manifest_key: str
+    restore_point: str
+    tables: int = 0
+    rows: int = 0
+    restore_seconds: float = 0.0  # the base backup's files downloaded and unpacked
+    to_restore_point_seconds: float = 0.0  # from the start until the server is open at the restore point
+    total_seconds: float = 0.0  # until promoted at the archive's end
+    source_last_commit: datetime | None = None
+    recovered_last_commit: datetime | None = None
+    rpo_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "base_backup_id": self.backup_id,
+            "logical_manifest": self.manifest_key,
+            "restore_point": self.restore_point,
+            "tables_checked": self.tables,
+            "rows_checked": self.rows,
+            "restore_seconds": round(self.restore_seconds, 1),
+            "rto_seconds": round(self.to_restore_point_seconds, 1),
+            "total_seconds": round(self.total_seconds, 1),
+            "rpo_seconds": None if self.rpo_seconds is None else round(self.rpo_seconds, 1),
+            "source_last_commit": self.source_last_commit.isoformat() if self.source_last_commit else None,
+            "recovered_last_commit": (
+                self.recovered_last_commit.isoformat() if self.recovered_last_commit else None
+            ),
+        }
+
+
+def _lsn(text: str) -> int:
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def newest_logical_with_restore_point(client, bucket: str, prefix: str, database: str) -> Backup:
+    backups = [b for b in list_backups(client, bucket, prefix, database) if b.manifest.get("restore_point")]
+    if not backups:
+        raise DrillError(
+            f"no logical backup of {database} under s3://{bucket}/{prefix} records a restore point: run "
+            "nightly_backup_job (postgres_backup) against a server with wal_level=replica or logical"
+        )
+    return backups[-1]
+
+
+def base_backup_before(barman: BarmanCloud, lsn: str, env: dict[str, str]) -> dict[str, Any]:
+    """The newest finished base backup that ends at or before `lsn` (recovery can start from it)."""
+    done = [b for b in barman.list_backups(env) if b.get("status") == "DONE" and b.get("end_xlog")]
+    usable = [b for b in done if _lsn(b["end_xlog"]) <= _lsn(lsn)]
+    if not usable:
+        raise DrillError(
+            f"no base backup in {barman.destination} (server {barman.server_name}) ends before the restore "
+            f"point at {lsn}: run physical_backup before the nightly logical backup"
+        )
+    return usable[-1]
+
+
+def source_last_commit(source: PgTarget) -> tuple[datetime | None, str | None]:
+    """The newest commit's time on the source, or why it is unknown."""
+    with source.connect() as conn:
+        if conn.execute("SELECT current_setting('track_commit_timestamp')").fetchone()[0] != "on":
+            return None, "track_commit_timestamp is off on the source: the RPO cannot be measured"
+        row = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
+    return (row[0] if row else None), None
+
+
+def run_drill(
+    *,
+    barman: BarmanCloud,
+    client,
+    backup_bucket: str,
+    backup_prefix: str,
+    source: PgTarget,
+    bin_dir: Path,
+    env: dict[str, str],
+    log: Callable[[str], None] = print,
+    root: Path = DEFAULT_ROOT,
+) -> DrillResult:
+    logical = newest_logical_with_restore_point(client, backup_bucket, backup_prefix, source.dbname)
+    point = logical.manifest["restore_point"]
+    base = base_backup_before(barman, point["lsn"], env)
+    result = DrillResult(
+        backup_id=base["backup_id"], manifest_key=logical.manifest_key, restore_point=point["name"]
+    )
+    archived = archived_wal(client, barman)
+    gap = first_gap(archived, base["begin_wal"], int(base.get("xlog_segment_size") or 16 * 1024 * 1024))
+    if gap is not None:
+        raise DrillError(
+            f"WAL segment {gap} is missing from s3://{barman.bucket}/{barman.server_prefix}wals/: "
+            f"base backup "
+            f"{base['backup_id']} cannot be recovered past it"
+        )
+    result.source_last_commit, note = source_last_commit(source)
+    if note:
+        result.notes.append(note)
+    log(
+        f"point-in-time drill: base backup {base['backup_id']} ({base.get('begin_wal')}), then WAL to the "
+        f"restore point {point['name']} at {point['lsn']} of {logical.manifest_key}, then to the "
+        "archive's end"
+    )
+    started = time.monotonic()
+    with ScratchServer(bin_dir, barman, root=root, env=env, log=log) as scratch:
+        try:
+            scratch.restore(base["backup_id"])
+        except (BarmanError, ScratchError) as error:
+            raise DrillError(f"restoring base backup {base['backup_id']} failed: {error}") from None
+        result.restore_seconds = time.monotonic() - started
+        log(f"base backup restored in {result.restore_seconds:.1f} s; replaying WAL to {point['name']}")
+        try:
+            scratch.configure(target_name=point["name"], pause_at_target=True)
+            scratch.start()
+            scratch.wait(source.user, promoted=False)
+            result.to_restore_point_seconds = time.monotonic() - started
+            check = check_tables(
+                scratch.target(source.dbname, source.user), logical.manifest["tables"], jobs=COUNT_JOBS
+            )
+            result.tables, result.rows = check.tables, check.rows
+            if check.differences:
+                raise DrillError(
+                    f"at restore point {point['name']} the recovered {source.dbname} differs from "
+                    f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
+                )
+            log(
+                f"restore point {point['name']}: {check.tables} tables, {check.rows:,} rows as in the "
+                "manifest"
+            )
+            scratch.configure(target_name=None, pause_at_target=False)
+            scratch.restart()
+            scratch.wait(source.user, promoted=True)
+            result.total_seconds = time.monotonic() - started
+            with scratch.target("postgres", source.user).connect() as conn:
+                row = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
+        except ScratchError as error:
+            raise DrillError(f"recovering base backup {base['backup_id']} failed: {error}") from None
+    result.recovered_last_commit = row[0] if row else None
+    if result.source_last_commit and result.recovered_last_commit:
+        lag = (result.source_last_commit - result.recovered_last_commit).total_seconds()
+        result.rpo_seconds = max(0.0, lag)  # commits after the drill began may have been archived too
+    log(
+        f"promoted at the archive's end after {result.total_seconds:.1f} s; RPO "
+        f"{'unknown' if result.rpo_seconds is None else f'{result.rpo_seconds:.1f} s'}"
+    )
+    return result

@@ -1,0 +1,123 @@
+"""The point-in-time drill end to end: a real archiving PostgreSQL, real barman-cloud, real S3 (moto)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from support.pitr import (
+    archive_everything,
+    archiving_server,
+    barman_of,
+    env_of,
+    logical_backup,
+    scratch_root,
+)
+
+from hotpot_devstack import seed_sample
+from hotpot_orchestration.pitr.drill import DrillError, run_drill
+from hotpot_orchestration.pitr.physical import take_base_backup
+from hotpot_orchestration.platform.pg import PgTarget
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def source(s3):
+    """An archiving server with the sample database, its first base backup taken."""
+    with archiving_server(s3) as server:
+        seed_sample(server, "app")
+        take_base_backup(
+            barman_of(server), PgTarget.from_url(server.url), s3.client(), label="test", env=s3.env()
+        )
+        yield server
+
+
+@pytest.fixture
+def root():
+    path = scratch_root()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def drill(server, root):
+    return run_drill(
+        barman=barman_of(server),
+        client=server.wal_archive.s3.client(),
+        backup_bucket=server.wal_archive.bucket,
+        backup_prefix=f"{server.wal_archive.prefix}database/",
+        source=PgTarget.from_url(server.url_for("app")),
+        bin_dir=server.bin_dir,
+        env=env_of(server),
+        log=lambda _: None,
+        root=root,
+    )
+
+
+def test_drill_recovers_the_logical_backups_restore_point_exactly_then_the_latest_commit(source, root):
+    with source.connect("app") as conn:
+        conn.execute("CREATE TABLE after_base (n int)")
+        conn.execute("INSERT INTO after_base SELECT generate_series(1, 500)")
+    backup = logical_backup(source, "app")
+    with source.connect("app") as conn:  # after the restore point: in "latest", not at the restore point
+        conn.execute("INSERT INTO after_base SELECT generate_series(501, 800)")
+        conn.execute("CREATE TABLE after_logical (n int)")
+        conn.execute("INSERT INTO after_logical VALUES (1)")
+        newest = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()[0]
+    archive_everything(source)
+
+    result = drill(source, root)
+
+    manifest = backup.manifest
+    assert result.restore_point == manifest["restore_point"]["name"]
+    assert result.tables == len(manifest["tables"]) and result.rows == backup.rows
+    assert {"schema": "public", "name": "after_base", "rows": 500} in manifest["tables"]
+    assert result.recovered_last_commit == newest  # everything archived: nothing lost
+    assert result.rpo_seconds == 0
+    assert list(root.iterdir()) == []  # the scratch server's directory is gone
+
+
+def test_a_missing_wal_segment_fails_the_drill_naming_it(source, root):
+    logical_backup(source, "app")
+    with source.connect("app") as conn:
+        conn.execute("CREATE TABLE more (n int)")
+        conn.execute("INSERT INTO more SELECT generate_series(1, 1000)")
+    archive_everything(source)
+    archive_everything(source)
+    barman = barman_of(source)
+    client = source.wal_archive.s3.client()
+    wal_keys = sorted(
+        item["Key"]
+        for item in client.list_objects_v2(Bucket=barman.bucket, Prefix=barman.server_prefix + "wals/")[
+            "Contents"
+        ]
+        if ".backup" not in item["Key"] and ".history" not in item["Key"]
+    )
+    missing = wal_keys[-2]  # one in the middle of what recovery needs
+    client.delete_object(Bucket=barman.bucket, Key=missing)
+    segment = missing.rsplit("/", 1)[1].split(".")[0]
+
+    with pytest.raises(DrillError, match=f"WAL segment {segment} is missing"):
+        drill(source, root)
+
+
+def test_a_corrupted_base_backup_file_fails_the_drill(source, root):
+    logical_backup(source, "app")
+    archive_everything(source)
+    barman = barman_of(source)
+    client = source.wal_archive.s3.client()
+    data_key = next(
+        item["Key"]
+        for item in client.list_objects_v2(Bucket=barman.bucket, Prefix=barman.server_prefix + "base/")[
+            "Contents"
+        ]
+        if item["Key"].endswith("data.tar.gz")
+    )
+    body = bytearray(client.get_object(Bucket=barman.bucket, Key=data_key)["Body"].read())
+    for offset in range(len(body) // 3, len(body) // 3 + 64):
+        body[offset] ^= 0xFF
+    client.put_object(Bucket=barman.bucket, Key=data_key, Body=bytes(body), ServerSideEncryption="AES256")
+
+    with pytest.raises(DrillError, match="restoring base backup .* failed"):
+        drill(source, root)
+    assert list(root.iterdir()) == []
