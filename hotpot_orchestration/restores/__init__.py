@@ -13,7 +13,7 @@ from pydantic import Field
 
 from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
-from hotpot_orchestration.restores.errors import RestoreError
+from hotpot_orchestration.restores.errors import DEFAULT_LOCK_TIMEOUT_SECONDS, RestoreError
 from hotpot_orchestration.settings import Settings, load_settings
 
 DRILL_ASSET = dg.AssetKey("restore_drill")
@@ -28,7 +28,7 @@ MAX_LISTED = 200
 # without swamping it. Raise it for a big server.
 DEFAULT_JOBS = 4
 LOCK_TIMEOUT_FIELD = Field(
-    default=60,
+    default=DEFAULT_LOCK_TIMEOUT_SECONDS,
     ge=1,
     le=3600,
     description="seconds a DROP or RENAME of a database waits for another session's lock before failing "

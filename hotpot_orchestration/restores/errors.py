@@ -1,6 +1,10 @@
 """Why a restore could not be carried out. Each message says what to change; none of them is a finding
 about the backup itself (those are differences in the restore's report)."""
 
+# How long a DROP or RENAME of a database waits for another session's lock unless told otherwise; past it,
+# DatabaseLocked names the holders.
+DEFAULT_LOCK_TIMEOUT_SECONDS = 60
+
 
 class RestoreError(Exception):
     """A restore cannot proceed as configured."""

@@ -23,9 +23,8 @@ from hotpot_orchestration.restores.download import (
     download_verified,
     work_dir,
 )
-from hotpot_orchestration.restores.errors import NoBackup, RestoreSetupError
+from hotpot_orchestration.restores.errors import DEFAULT_LOCK_TIMEOUT_SECONDS, NoBackup, RestoreSetupError
 from hotpot_orchestration.restores.scratch import (
-    DEFAULT_LOCK_TIMEOUT_SECONDS,
     ScratchDatabase,
     drop_abandoned,
     maintenance_target,

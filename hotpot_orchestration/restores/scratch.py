@@ -27,7 +27,12 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from hotpot_orchestration.platform.pg import PgTarget
-from hotpot_orchestration.restores.errors import DatabaseLocked, RestoreRefused, RestoreSetupError
+from hotpot_orchestration.restores.errors import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DatabaseLocked,
+    RestoreRefused,
+    RestoreSetupError,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -36,7 +41,6 @@ SCRATCH_MARKER = "hotpot-orchestration scratch database"
 HOLDER_PREFIX = "hotpot-scratch:"
 # The server's own databases: never a restore target, never dropped.
 MAINTENANCE_DATABASES = ("postgres", "template0", "template1")
-DEFAULT_LOCK_TIMEOUT_SECONDS = 60
 _SESSIONS = """
 SELECT pid, usename, application_name, state, query_start FROM pg_stat_activity
 WHERE datname = %s AND pid <> pg_backend_pid() ORDER BY backend_start
@@ -195,9 +199,12 @@ class ScratchDatabase:
                 sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(self.name), name)
             )
         self.kept_as = new_name
-        self._holder.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(comment)))
-        if owner:
-            self._holder.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(owner)))
+        with lock_timeout(self._holder, new_name, self.lock_timeout_seconds):
+            self._holder.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, sql.Literal(comment)))
+            if owner:
+                self._holder.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(owner))
+                )
 
     def _close(self) -> None:
         if self._holder is not None:
