@@ -2,14 +2,20 @@
 
 import base64
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from hotpot_orchestration.backups.backup import PgDump, expected_max_dump_bytes
-from hotpot_orchestration.backups.catalog import Backup, backup_keys, new_manifest
-from hotpot_orchestration.backups.errors import CredentialsRefused, TransientBackupError, database_error
+from hotpot_orchestration.backups.catalog import Backup, backup_keys, new_manifest, orphan_age
+from hotpot_orchestration.backups.errors import (
+    CredentialsRefused,
+    TransientBackupError,
+    database_error,
+    s3_error,
+)
 from hotpot_orchestration.backups.retention import plan_retention
 from hotpot_orchestration.backups.stream import (
     MIN_PART_BYTES,
@@ -41,8 +47,31 @@ def test_part_size_stays_small_for_small_databases_and_fits_a_terabyte():
 def test_key_layout_is_the_contract():
     created = datetime(2026, 3, 1, 2, 0, 7, tzinfo=UTC)
     dump, manifest = backup_keys("database/", "hotpot", "2026-02-28", created)
-    assert dump == "database/hotpot/2026-02-28/hotpot-20260301T020007Z.dump"
-    assert manifest == "database/hotpot/2026-02-28/hotpot-20260301T020007Z.manifest.json"
+    assert re.fullmatch(r"database/hotpot/2026-02-28/hotpot-20260301T020007Z-[0-9a-f]{8}\.dump", dump)
+    assert manifest == dump.removesuffix(".dump") + ".manifest.json"
+
+
+def test_two_backups_in_the_same_second_never_share_a_key():
+    created = datetime(2026, 3, 1, 2, 0, 7, tzinfo=UTC)
+    keys = {backup_keys("database/", "hotpot", "2026-02-28", created) for _ in range(1000)}
+    assert len(keys) == 1000
+
+
+def test_orphans_wait_longer_than_a_backup_run_can_last():
+    assert orphan_age(timeout_seconds=43200, stall_seconds=300) == timedelta(hours=12, minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("version", "option"),
+    [
+        ("12.22", "--compress=1"),
+        ("15.18", "--compress=1"),
+        ("16.4", "--compress=gzip:1"),
+        ("18.1", "--compress=gzip:1"),
+    ],
+)
+def test_compression_is_spelled_the_way_each_pg_dump_accepts(version, option):
+    assert PgDump(path=Path("pg_dump"), version=version, compression="gzip:1").compress_option == option
 
 
 def test_manifest_fields_are_the_contract():
@@ -269,3 +298,23 @@ def test_retention_with_only_failed_backups_inside_the_window_keeps_the_last_goo
 def test_retention_with_no_backups_deletes_nothing():
     plan = plan_retention([], now=NOW, retention_days=30, min_keep=7)
     assert plan.delete == plan.keep == plan.guarded == []
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "transient"),
+    [
+        ("BadDigest", 400, True),  # a part damaged on the way: the next attempt sends it again
+        ("SlowDown", 503, True),
+        ("InternalError", 500, True),
+        ("InvalidArgument", 400, False),
+        ("AccessDenied", 403, False),
+    ],
+)
+def test_s3_errors_that_may_pass_are_transient(code, status, transient):
+    from botocore.exceptions import ClientError
+
+    error = ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "UploadPart",
+    )
+    assert s3_error(error, "http://s3", "uploading").transient is transient
