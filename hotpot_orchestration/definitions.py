@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from hotpot_orchestration import backups, operations, release, restores
+from hotpot_orchestration import backups, operations, pitr, release, restores
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.settings import Settings, load_settings
@@ -32,6 +32,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         backups.build_defs(settings),
         restores.build_defs(settings),
+        pitr.build_defs(settings),
         release.build_defs(settings),
         operations.build_defs(settings),
         dg.Definitions(resources=build_resources(settings)),

@@ -52,6 +52,12 @@ class Settings:
     # A backup that makes no progress this long fails; its run may last at most backup_timeout_seconds.
     backup_stall_seconds: int
     backup_timeout_seconds: int
+    # Point-in-time recovery: barman-cloud's prefix in the backup bucket and server name (CloudNativePG's
+    # serverName), the wal_archive check's age limit, and the base backups' recovery window.
+    pitr_prefix: str
+    barman_server_name: str
+    wal_archive_max_age_seconds: int
+    pitr_recovery_window_days: int
     timezone: str
     restore_drill_cron: str
     aws_endpoint_url: str | None
@@ -147,6 +153,12 @@ def _compression(value: str) -> str:
     if levels is None or (level and not (level.isdigit() and int(level) in levels)):
         raise ValueError("gzip or zstd, optionally with a level: gzip:1 to gzip:9, zstd:1 to zstd:22")
     return value.strip()
+
+
+def _server_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+        raise ValueError("a barman server name: up to 63 letters, digits, '.', '_', '-', such as hotpot-db")
+    return value
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -284,6 +296,11 @@ _VARIABLES = {
     "HOTPOT_BACKUP_STALL_SECONDS": ("backup_stall_seconds", _whole_number(1, 3600), 300),
     # The nightly backup run's dagster/max_runtime; what a killed backup left is removed after it.
     "HOTPOT_BACKUP_TIMEOUT_SECONDS": ("backup_timeout_seconds", _whole_number(1, 172800), 43200),
+    "HOTPOT_PITR_PREFIX": ("pitr_prefix", _prefix, "pitr/"),
+    "HOTPOT_BARMAN_SERVER_NAME": ("barman_server_name", _server_name, "hotpot-db"),
+    # Above archive_timeout (60 s in the local stack): an idle minute is not an alarm.
+    "HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS": ("wal_archive_max_age_seconds", _whole_number(30, 86400), 300),
+    "HOTPOT_PITR_RECOVERY_WINDOW_DAYS": ("pitr_recovery_window_days", _whole_number(1, 3650), 30),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
     # After the 02:00 nightly backup (and its verification) has finished.
     "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),

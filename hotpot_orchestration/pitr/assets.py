@@ -1,0 +1,164 @@
+"""`physical_backup`, its retention, the `wal_archive` check and `pitr_drill`: thin wrappers over the domain
+modules (barman, physical, archive, drill)."""
+
+import os
+from datetime import UTC, datetime
+
+import dagster as dg
+from pydantic import Field
+
+from hotpot_orchestration.backups.assets import BACKUP, backup_partitions
+from hotpot_orchestration.pitr.archive import archived_wal, archiver_status, judge
+from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
+from hotpot_orchestration.pitr.drill import DrillError, run_drill
+from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
+from hotpot_orchestration.pitr.runas import RunAsError
+from hotpot_orchestration.platform.pg import PgToolError
+from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.settings import Settings
+
+PHYSICAL = dg.AssetKey("physical_backup")
+PHYSICAL_RETENTION = dg.AssetKey("physical_backup_retention")
+PITR_DRILL = dg.AssetKey("pitr_drill")
+WAL_ARCHIVE = "wal_archive"
+
+
+class PitrResource(dg.ConfigurableResource):
+    """The barman-cloud archive: HOTPOT_BACKUP_BUCKET / HOTPOT_PITR_PREFIX / HOTPOT_BARMAN_SERVER_NAME.
+    Credentials come from boto3's own chain in the environment, as for the logical backups."""
+
+    bucket: str
+    prefix: str = "pitr/"
+    server_name: str = "hotpot-db"
+    endpoint_url: str | None = None
+    kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
+    wal_archive_max_age_seconds: int = Field(default=300, ge=30, le=86400)
+    recovery_window_days: int = Field(default=30, ge=1, le=3650)
+
+    def barman(self) -> BarmanCloud:
+        return BarmanCloud(
+            bucket=self.bucket,
+            prefix=self.prefix,
+            server_name=self.server_name,
+            endpoint_url=self.endpoint_url,
+            kms_key_id=self.kms_key_id,
+        )
+
+
+def build_pitr_assets(settings: Settings):
+    partitions = backup_partitions(settings)
+
+    @dg.asset(
+        key=PHYSICAL,
+        partitions_def=partitions,
+        group_name="backups",
+        description="A barman-cloud base backup of HOTPOT_DATABASE_URL's server (gzip, encrypted) under "
+        "HOTPOT_PITR_PREFIX; with the archived WAL it recovers any moment after it.",
+    )
+    def physical_backup(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        backup_storage: BackupStorageResource,
+        pitr: PitrResource,
+    ) -> dg.MaterializeResult:
+        try:
+            backup = take_base_backup(
+                pitr.barman(),
+                postgres.target,
+                backup_storage.client(),
+                label=f"hotpot-{context.partition_key}",
+            )
+        except BarmanError as error:
+            raise dg.Failure(description=str(error)) from None
+        context.log.info(
+            f"base backup {backup.backup_id}: {backup.stored_bytes:,} bytes in {backup.seconds:.1f} s"
+        )
+        return dg.MaterializeResult(
+            metadata={name: value for name, value in backup.metadata.items() if value is not None}
+        )
+
+    @dg.asset(
+        key=PHYSICAL_RETENTION,
+        deps=[PHYSICAL],
+        partitions_def=partitions,
+        group_name="backups",
+        description="barman-cloud-backup-delete, RECOVERY WINDOW OF HOTPOT_PITR_RECOVERY_WINDOW_DAYS DAYS: "
+        "base backups that no moment of the window needs are deleted with their WAL.",
+    )
+    def physical_backup_retention(
+        context: dg.AssetExecutionContext, pitr: PitrResource
+    ) -> dg.MaterializeResult:
+        try:
+            outcome = apply_retention(pitr.barman(), pitr.recovery_window_days, dict(os.environ))
+        except BarmanError as error:
+            raise dg.Failure(description=str(error)) from None
+        context.log.info(f"{outcome['policy']}: kept {len(outcome['kept'])}, deleted {outcome['deleted']}")
+        return dg.MaterializeResult(
+            metadata={
+                "policy": outcome["policy"],
+                "kept": dg.MetadataValue.json(outcome["kept"]),
+                "deleted": dg.MetadataValue.json(outcome["deleted"]),
+            }
+        )
+
+    @dg.asset_check(
+        asset=PHYSICAL,
+        name=WAL_ARCHIVE,
+        description="WAL archiving works: pg_stat_archiver's last attempt succeeded and the newest archived "
+        "segment is younger than HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS while WAL is waiting.",
+    )
+    def wal_archive(
+        postgres: PostgresResource, backup_storage: BackupStorageResource, pitr: PitrResource
+    ) -> dg.AssetCheckResult:
+        status = archiver_status(postgres.target)
+        archived = archived_wal(backup_storage.client(), pitr.barman())
+        verdict = judge(
+            status, archived, max_age_seconds=pitr.wal_archive_max_age_seconds, now=datetime.now(UTC)
+        )
+        newest = archived.newest
+        return dg.AssetCheckResult(
+            passed=verdict.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=verdict.description,
+            metadata={
+                "archive_age_seconds": -1.0 if verdict.age_seconds is None else round(verdict.age_seconds, 1),
+                "newest_archived_wal": newest[0] if newest else "",
+                "failed_count": status.failed_count,
+                "last_failed_wal": status.last_failed_wal or "",
+                "current_wal": status.current_wal,
+            },
+        )
+
+    @dg.asset(
+        key=PITR_DRILL,
+        deps=[PHYSICAL, BACKUP],
+        group_name="backups",
+        description="Recovers a scratch server from the newest base backup and WAL to the logical backup's "
+        "restore point (every table's row count as in its manifest), then to the archive's end (the RPO).",
+    )
+    def pitr_drill(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        backup_storage: BackupStorageResource,
+        pitr: PitrResource,
+    ) -> dg.MaterializeResult:
+        try:
+            result = run_drill(
+                barman=pitr.barman(),
+                client=backup_storage.client(),
+                backup_bucket=backup_storage.bucket,
+                backup_prefix=backup_storage.prefix,
+                source=postgres.target,
+                bin_dir=postgres.bin_dir(),
+                env=dict(os.environ),
+                log=context.log.info,
+            )
+        except (DrillError, BarmanError, RunAsError, PgToolError) as error:
+            raise dg.Failure(description=str(error)) from None
+        for note in result.notes:
+            context.log.warning(note)
+        return dg.MaterializeResult(
+            metadata={name: value for name, value in result.metadata.items() if value is not None}
+        )
+
+    return physical_backup, physical_backup_retention, wal_archive, pitr_drill
