@@ -221,7 +221,14 @@ class MalformedRegistry:
     """A registry on 127.0.0.1 speaking just enough of the v2 API to be watched, serving the given bodies:
     `tags` for the tag list, `manifest` (with `manifest_type`) for every manifest, `config` for every blob."""
 
-    def __init__(self, tags: bytes, manifest: bytes = b"", manifest_type: str = OCI_MANIFEST, config=b""):
+    def __init__(
+        self,
+        tags: bytes,
+        manifest: bytes = b"",
+        manifest_type: str = OCI_MANIFEST,
+        config: bytes = b"",
+        digest: str | None = None,
+    ):
         answers = {"tags/list": (tags, "application/json"), "manifests/": (manifest, manifest_type)}
         answers["blobs/"] = (config, "application/octet-stream")
 
@@ -233,7 +240,7 @@ class MalformedRegistry:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 if "/manifests/" in self.path:
-                    self.send_header("Docker-Content-Digest", sha256_digest(body))
+                    self.send_header("Docker-Content-Digest", digest or sha256_digest(body))
                 self.end_headers()
                 if send_body:
                     self.wfile.write(body)
@@ -294,6 +301,10 @@ WITH_BAD_CONFIG = manifest(config={"digest": sha256_digest(BAD_CONFIG), "size": 
             {"tags": GOOD_TAGS, "manifest": WITH_CONFIG, "config": CONFIG},
             "the image config of test/bad:abc123def456 has 'created' as a number, expected a string",
         ),
+        (
+            {"tags": GOOD_TAGS, "manifest": manifest(), "digest": "md5:0cc175b9"},
+            "sent Docker-Content-Digest 'md5:0cc175b9' for test/bad:abc123def456, not a sha256 digest",
+        ),
     ],
     ids=[
         "tags-not-json",
@@ -307,6 +318,7 @@ WITH_BAD_CONFIG = manifest(config={"digest": sha256_digest(BAD_CONFIG), "size": 
         "config-a-string",
         "config-blob-not-json",
         "created-a-number",
+        "digest-not-sha256",
     ],
 )
 def test_a_malformed_registry_answer_skips_the_tick_naming_what_was_wrong(answers, expected):

@@ -424,10 +424,21 @@ class RegistryClient:
         if response.status_code == 404:
             return None
         self._raise_for(response, f"resolving {repository}:{reference}", repository)
-        digest = response.headers.get("Docker-Content-Digest")
+        digest = self._digest_header(response, f"{repository}:{reference}")
         if not digest:
             # Not required of every registry on HEAD: fall back to hashing the manifest body.
             return self.get_manifest(repository, reference).digest
+        return digest
+
+    def _digest_header(self, response: httpx.Response, what: str) -> str | None:
+        """The manifest digest the registry reports, if any; one that is not a sha256 digest is refused
+        (it would name the image a release pins)."""
+        digest = response.headers.get("Docker-Content-Digest")
+        if digest and not is_digest(digest):
+            raise RegistryProtocolError(
+                f"registry {self.registry} sent Docker-Content-Digest {digest!r} for {what}, "
+                "not a sha256 digest"
+            )
         return digest
 
     def get_manifest(self, repository: str, reference: str) -> Manifest:
@@ -440,7 +451,7 @@ class RegistryClient:
         self._raise_for(response, f"reading the manifest of {repository}:{reference}", repository)
         body = response.content
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        digest = response.headers.get("Docker-Content-Digest") or sha256_digest(body)
+        digest = self._digest_header(response, f"{repository}:{reference}") or sha256_digest(body)
         if not media_type or media_type == "application/json":
             what = f"the manifest of {repository}:{reference} ({digest})"
             media_type = _field(_json_object(body, what), "mediaType", str, what, "a string") or ""
