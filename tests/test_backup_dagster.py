@@ -1,5 +1,5 @@
 """postgres_backup, its checks, backup_retention and the nightly job, run through Dagster against real
-PostgreSQL and S3 (moto's server), configured from the environment as in production."""
+PostgreSQL and S3 (moto's server and SeaweedFS), configured from the environment as in production."""
 
 import threading
 import uuid
@@ -22,12 +22,14 @@ from hotpot_devstack.backups import write_backup_record
 from hotpot_devstack.s3 import FaultyS3Proxy
 from hotpot_orchestration.backups import build_defs
 from hotpot_orchestration.backups.assets import BACKUP_ATTEMPTS, backup_partitions
-from hotpot_orchestration.backups.catalog import backup_keys, list_backups, read_manifest
+from hotpot_orchestration.backups.catalog import backup_keys, list_backups, load_backup, read_manifest
 from hotpot_orchestration.backups.checks import FRESH, VALID
 from hotpot_orchestration.backups.schedules import BACKUP_DATABASE_TAG
 from hotpot_orchestration.backups.stream import same_s3_checksum
 from hotpot_orchestration.definitions import build_resources
+from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.restores.procedure import RestoreOptions, restore_backup
 from hotpot_orchestration.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -38,20 +40,20 @@ NO_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 
 
 @pytest.fixture
-def bucket(s3):
+def bucket(s3_server):
     name = f"backups-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(name)
+    s3_server.create_bucket(name)
     return name
 
 
-def environment(monkeypatch, postgres, s3, bucket, dbname, **extra):
+def environment(monkeypatch, postgres, s3_server, bucket, dbname, **extra):
     """The variables a deployment sets; resources read the secrets from here through EnvVar."""
     env = {
         "HOTPOT_DATABASE_URL": postgres.url_for(dbname),
         "HOTPOT_PG_BIN_DIR": str(postgres.bin_dir),
         "HOTPOT_BACKUP_BUCKET": bucket,
         "HOTPOT_BACKUP_PREFIX": PREFIX,
-        **s3.env(),
+        **s3_server.env(),
         **extra,
     }
     for name, value in env.items():
@@ -127,8 +129,8 @@ def everything_recorded(result, instance) -> str:
     return "\n".join(dg.serialize_value(entry) for entry in instance.all_logs(result.run_id))
 
 
-def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, bucket, sample_database):
-    environment(monkeypatch, postgres, s3, bucket, sample_database, HOTPOT_BACKUP_COMPRESSION="gzip:6")
+def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3_server, bucket, sample_database):
+    environment(monkeypatch, postgres, s3_server, bucket, sample_database, HOTPOT_BACKUP_COMPRESSION="gzip:6")
     result, instance = run_nightly()
     assert result.success
 
@@ -138,7 +140,7 @@ def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, buc
         if m.partition == latest_partition()
     ]
     meta = {key: value.value for key, value in materialization.metadata.items()}
-    client = s3.client()
+    client = s3_server.client()
     manifest = read_manifest(client, bucket, meta["manifest_key"])
     head = client.head_object(Bucket=bucket, Key=meta["dump_key"], ChecksumMode="ENABLED")
     assert meta["s3_uri"] == f"s3://{bucket}/{manifest['dump_key']}"
@@ -174,26 +176,34 @@ def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3, buc
     assert retention.metadata["deleted"].value == 0 and retention.metadata["kept_verified"].value == 1
     assert "uploaded" in everything_recorded(result, instance)  # progress in the run log
 
+    # And a drill restores what the night stored, with the manifest's counts.
+    backup = load_backup(client, bucket, PREFIX, meta["manifest_key"])
+    report = restore_backup(
+        client, bucket, backup, PgTarget.from_url(postgres.url), postgres.bin_dir, RestoreOptions(jobs=2)
+    )
+    assert report.passed, report.differences
+    assert report.rows == meta["rows"]
 
-def test_a_long_past_partition_is_refused(monkeypatch, postgres, s3, bucket, sample_database):
-    environment(monkeypatch, postgres, s3, bucket, sample_database)
+
+def test_a_long_past_partition_is_refused(monkeypatch, postgres, s3_server, bucket, sample_database):
+    environment(monkeypatch, postgres, s3_server, bucket, sample_database)
     old = (datetime.now(UTC) - timedelta(days=10)).date().isoformat()
     result, instance = run_nightly(old)
     assert not result.success
     message = failure_message(result)
     assert f"Refusing to back up partition {old}" in message and "latest partition" in message
-    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert instance.get_run_by_id(result.run_id).tags[NO_RETRY_TAG] == "false"
 
 
 def test_a_wrong_password_is_named_and_never_recorded(
-    monkeypatch, postgres, s3, bucket, sample_database, capfd
+    monkeypatch, postgres, s3_server, bucket, sample_database, capfd
 ):
     wrong = f"Wr0ng-{uuid.uuid4().hex}"
     environment(
         monkeypatch,
         postgres,
-        s3,
+        s3_server,
         bucket,
         sample_database,
         HOTPOT_DATABASE_URL=postgres.url_for(sample_database).replace(f":{postgres.password}@", f":{wrong}@"),
@@ -207,7 +217,7 @@ def test_a_wrong_password_is_named_and_never_recorded(
     captured = capfd.readouterr()
     for text in (everything_recorded(result, instance), captured.out, captured.err):
         assert wrong not in text
-    assert list_backups(s3.client(), bucket, PREFIX) == []
+    assert list_backups(s3_server.client(), bucket, PREFIX) == []
 
 
 def test_s3_down_fails_the_run_saying_so(monkeypatch, postgres, fresh_s3, sample_database):
@@ -234,17 +244,17 @@ def test_refused_aws_keys_are_named(monkeypatch, postgres, sample_database):
     assert strict_s3.secret_key not in message
 
 
-def test_retention_on_40_nights_with_the_newest_10_failed(monkeypatch, postgres, s3, bucket):
+def test_retention_on_40_nights_with_the_newest_10_failed(monkeypatch, postgres, s3_server, bucket):
     environment(
         monkeypatch,
         postgres,
-        s3,
+        s3_server,
         bucket,
         "hotpot",
         HOTPOT_BACKUP_RETENTION_DAYS="5",
         HOTPOT_BACKUP_MIN_KEEP="7",
     )
-    client = s3.client()
+    client = s3_server.client()
     put_foreign_keys(client, bucket)
     now = datetime.now(UTC).replace(microsecond=0)
     for age in range(40):
@@ -270,10 +280,10 @@ def test_retention_on_40_nights_with_the_newest_10_failed(monkeypatch, postgres,
 
 
 def test_freshness_check_fails_when_the_latest_verified_backup_is_older_than_26_hours(
-    monkeypatch, postgres, s3, bucket
+    monkeypatch, postgres, s3_server, bucket
 ):
-    environment(monkeypatch, postgres, s3, bucket, "hotpot")
-    client = s3.client()
+    environment(monkeypatch, postgres, s3_server, bucket, "hotpot")
+    client = s3_server.client()
     now = datetime.now(UTC)
     write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=27), ok=True)
     write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=False)
@@ -314,8 +324,8 @@ def test_a_part_corrupted_on_the_way_to_seaweedfs_is_retried_by_the_steps_policy
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
-def test_backups_of_one_database_queue_behind_each_other(monkeypatch, postgres, s3, bucket):
-    environment(monkeypatch, postgres, s3, bucket, "hotpot")
+def test_backups_of_one_database_queue_behind_each_other(monkeypatch, postgres, s3_server, bucket):
+    environment(monkeypatch, postgres, s3_server, bucket, "hotpot")
     tags = code_location().resolve_job_def("nightly_backup_job").tags
     assert tags[BACKUP_DATABASE_TAG] == "hotpot"
     assert tags["dagster/max_runtime"] == str(load_settings().backup_timeout_seconds)
@@ -362,19 +372,19 @@ def test_s3_attempts_are_what_max_attempts_says():
 
 
 def test_retention_removes_what_a_killed_backup_left_once_older_than_a_run_can_last(
-    monkeypatch, postgres, s3, bucket
+    monkeypatch, postgres, s3_server, bucket
 ):
     # A run lasts at most 1 s here, and a stall is noticed within 1 s: older than 2 s is an orphan.
     environment(
         monkeypatch,
         postgres,
-        s3,
+        s3_server,
         bucket,
         "hotpot",
         HOTPOT_BACKUP_TIMEOUT_SECONDS="1",
         HOTPOT_BACKUP_STALL_SECONDS="1",
     )
-    client = s3.client()
+    client = s3_server.client()
     put_foreign_keys(client, bucket)
     now = datetime.now(UTC)
     good = write_backup_record(client, bucket, PREFIX, "hotpot", now - timedelta(hours=1), ok=True)

@@ -137,9 +137,10 @@ def build_backup_assets(
                     round(result.database_bytes / max(result.dump_bytes, 1), 3)
                 ),
                 "duration_seconds": dg.MetadataValue.float(round(seconds, 3)),
-                # Dump bytes stored per second, from the snapshot to the manifest.
+                # Dump bytes stored per second, from the snapshot to the manifest (to 4 significant
+                # digits: a small database's rate is a fraction of a MB/s).
                 "mb_per_second": dg.MetadataValue.float(
-                    round(result.dump_bytes / 1e6 / max(seconds, 1e-9), 3)
+                    float(f"{result.dump_bytes / 1e6 / max(seconds, 1e-9):.4g}")
                 ),
                 "tables": dg.MetadataValue.int(len(manifest["tables"])),
                 "rows": dg.MetadataValue.int(result.rows),
