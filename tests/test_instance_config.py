@@ -284,3 +284,13 @@ def test_workspace_file_is_valid_and_loads_the_code_location_module():
 
     broken = {"load_from": [{"python_module": {"module": "hotpot_orchestration.definitions"}}]}
     assert not process_workspace_config(broken).success
+
+
+def test_runs_without_the_chart_read_the_rollout_plan_the_chart_mounts():
+    launcher = _load(PRODUCTION_YAML)["run_launcher"]["config"]
+    deployment = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
+    [location] = deployment["dagster-user-deployments"]["deployments"]
+    [plan_env] = [e for e in location["env"] if e["name"] == "HOTPOT_ROLLOUT_PLAN"]
+    assert f"HOTPOT_ROLLOUT_PLAN={plan_env['value']}" in launcher["env_vars"]
+    assert launcher["volumes"] == location["volumes"]
+    assert launcher["volume_mounts"] == location["volumeMounts"]
