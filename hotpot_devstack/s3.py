@@ -113,9 +113,9 @@ class SeaweedFSServer(S3Server):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-volume.preStopSeconds=0",
-            # Small volumes: a fresh server preallocates several, and the tests store little.
+            # Every bucket gets volumes of its own (a collection): small ones, as many as the disk holds.
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=30",
+            "-volume.max=0",
         ]
         # SSE-S3 (what backups ask for unless a KMS key is set) needs a key-encryption key.
         env = {**os.environ, "WEED_S3_SSE_KEY": base64.b64encode(os.urandom(32)).decode()}

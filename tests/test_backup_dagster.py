@@ -329,6 +329,9 @@ def test_backups_of_one_database_queue_behind_each_other(monkeypatch, postgres, 
     tags = code_location().resolve_job_def("nightly_backup_job").tags
     assert tags[BACKUP_DATABASE_TAG] == "hotpot"
     assert tags["dagster/max_runtime"] == str(load_settings().backup_timeout_seconds)
+    # Declared on the job, not added to a run while it fails: the step's RetryPolicy retries what may pass,
+    # the instance's run retries never replay a failed step.
+    assert tags[NO_RETRY_TAG] == "false"
     limits = yaml.safe_load(LOCAL_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
     # Dagster's own run queue counter, fed dagster.yaml's limits, as the daemon dequeues runs.
     counter = TagConcurrencyLimitsCounter(limits, [])

@@ -233,8 +233,10 @@ class MultipartUpload:
         slots = threading.BoundedSemaphore(self.in_flight)
         failures: list[BaseException] = []
         next_report = time.monotonic() + self.progress_interval
-        watchdog = threading.Thread(target=self._watch, name="s3-stall-watchdog", daemon=True)
-        watchdog.start()
+        # The watchdog guards this method only: completing and the caller's work after it are not its
+        # business (the caller's snapshot must outlive a slow completion).
+        finished = threading.Event()
+        threading.Thread(target=self._watch, args=(finished,), name="s3-stall-watchdog", daemon=True).start()
         # Not a `with`: after a failure, parts stuck inside S3 requests are not waited for.
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="s3-part")
         try:
@@ -271,8 +273,12 @@ class MultipartUpload:
                         break
                 self._raise_if_stopped(failures)
                 time.sleep(WATCH_INTERVAL / 5)
+            with self._lock:
+                finished.set()
+            # A stall declared before the watchdog was told to stop still counts.
             self._raise_if_stopped(failures)
         except BaseException:
+            finished.set()
             self._stopped.set()
             raise
         finally:
@@ -285,27 +291,23 @@ class MultipartUpload:
             self._stopped.set()
             raise failures[0]
 
-    def _watch(self) -> None:
+    def _watch(self, finished: threading.Event) -> None:
         """Declares a stall when nothing moved for `stall_seconds`: no byte read from the stream and no part
         stored, while the reader waits for the stream or for S3."""
-        while not self._stopped.wait(WATCH_INTERVAL):
-            now = time.monotonic()
+        while not finished.wait(WATCH_INTERVAL):
             with self._lock:
-                waited = now - self._last_progress
+                waited = time.monotonic() - self._last_progress
+                if finished.is_set() or waited < self.stall_seconds:
+                    continue
                 oldest = min(self._in_flight, key=self._in_flight.get, default=None)
-                reading = self._reading_since is not None
-            if waited < self.stall_seconds:
-                continue
-            if oldest is not None and not reading:
-                message = (
-                    f"S3 stored no part for {waited:.0f} s: part {oldest} of s3://{self.bucket}/{self.key} "
-                    "stalled in S3"
-                )
-            else:
-                message = f"the stream gave no bytes for {waited:.0f} s while uploading s3://{self.bucket}/{self.key}"
-                oldest = None
-            self._stalled = UploadStalled(message, oldest)
-            self._stopped.set()
+                where = f"s3://{self.bucket}/{self.key}"
+                if oldest is not None and self._reading_since is None:
+                    message = f"S3 stored no part for {waited:.0f} s: part {oldest} of {where} stalled in S3"
+                else:
+                    message = f"the stream gave no bytes for {waited:.0f} s while uploading {where}"
+                    oldest = None
+                self._stalled = UploadStalled(message, oldest)
+                self._stopped.set()
             if self.on_stall:
                 self.on_stall()
             return
