@@ -194,10 +194,17 @@ def _prepare_bucket(
     except BackupError as error:
         # A warning, not a missed backup: this backup aborts its own upload on failure either way.
         notes.append(f"WARNING: {error}")
-    with s3_errors(endpoint, f"removing what killed backups left under s3://{bucket}/{prefix}{database}/"):
-        orphans = remove_orphans(
-            client, bucket, prefix, database, older_than=older_than, now=datetime.now(UTC)
-        )
+    try:
+        with s3_errors(
+            endpoint, f"removing what killed backups left under s3://{bucket}/{prefix}{database}/"
+        ):
+            orphans = remove_orphans(
+                client, bucket, prefix, database, older_than=older_than, now=datetime.now(UTC)
+            )
+    except BackupError as error:
+        # Not a missed backup either: retention tries again, and the next backup.
+        notes.append(f"WARNING: {error}")
+        orphans = Orphans()
     notes += [f"deleted s3://{bucket}/{key}: a dump without a manifest" for key in orphans.dumps]
     notes += [f"aborted the unfinished upload of s3://{bucket}/{key}" for key in orphans.uploads]
     return client, notes, orphans
