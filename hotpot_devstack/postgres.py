@@ -281,7 +281,7 @@ class Postgres(Service):
         if result.returncode != 0:
             raise ServiceError(f"initdb failed (exit {result.returncode}):\n{initdb_log.read_text()}")
         self.version = int((data / "PG_VERSION").read_text().strip())
-        archiving, env = self._archiving()
+        env = self._archiving(data)
         self._spawn(
             self._as_os_user(
                 [
@@ -299,19 +299,20 @@ class Postgres(Service):
                     "fsync=off",
                     "-c",
                     "synchronous_commit=off",
+                    # Base backups need them: torn pages are only repaired from full-page images.
                     "-c",
-                    "full_page_writes=off",
-                    *archiving,
+                    f"full_page_writes={'on' if self.wal_archive else 'off'}",
                 ]
             ),
             env=env,
         )
         self._wait_until(self._accepts_login, f"PostgreSQL to accept logins on {self.host}:{self.port}")
 
-    def _archiving(self) -> tuple[list[str], dict[str, str] | None]:
-        """Server options and environment that archive WAL to `wal_archive` (none without one)."""
+    def _archiving(self, data: Path) -> dict[str, str] | None:
+        """With `wal_archive`: its settings in postgresql.conf (ALTER SYSTEM can still change them) and the
+        server's environment with the S3 credentials archive_command needs. Without: None (inherit ours)."""
         if self.wal_archive is None:
-            return [], None
+            return None
         from hotpot_orchestration.pitr.runas import barman_bin_dir
 
         archive = self.wal_archive
@@ -319,19 +320,20 @@ class Postgres(Service):
             archive.s3.client().head_bucket(Bucket=archive.bucket)
         except Exception:  # missing: archive_command would fail (and back off) until someone creates it
             archive.s3.create_bucket(archive.bucket)
-        command = archive.barman(barman_bin_dir(self.os_user)).archive_command()
-        options = {
+        settings = {
             "wal_level": "replica",
             "archive_mode": "on",
-            "archive_command": command,
+            "archive_command": archive.barman(barman_bin_dir(self.os_user)).archive_command(),
             "archive_timeout": f"{archive.timeout_seconds}s",
             # The newest commit's time, for the RPO a point-in-time drill measures.
             "track_commit_timestamp": "on",
-            # Base backups must be restorable: torn pages are only repaired from full-page images.
-            "full_page_writes": "on",
         }
-        env = {**os.environ, **archive.s3.env(), "HOME": str(self.tmp)}
-        return [arg for name, value in options.items() for arg in ("-c", f"{name}={value}")], env
+        with open(data / "postgresql.conf", "a") as conf:
+            conf.write("\n# WAL archiving (devstack)\n")
+            conf.writelines(
+                f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n" for name, value in settings.items()
+            )
+        return {**os.environ, **archive.s3.env(), "HOME": str(self.tmp)}
 
     def _accepts_login(self) -> bool:
         with self.connect() as conn:

@@ -8,7 +8,7 @@ A gap in the segment sequence after a base backup is named: recovery through it 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from hotpot_orchestration.pitr.barman import BarmanCloud
@@ -64,6 +64,7 @@ def archiver_status(target: PgTarget) -> ArchiverStatus:
 @dataclass(frozen=True)
 class ArchivedWal:
     segments: dict[str, datetime]  # segment name -> when the object was stored
+    keys: dict[str, str] = field(default_factory=dict)  # segment name -> object key
 
     @property
     def newest(self) -> tuple[str, datetime] | None:
@@ -75,14 +76,15 @@ class ArchivedWal:
 
 def archived_wal(client, barman: BarmanCloud) -> ArchivedWal:
     """Every WAL segment of the server in the object store (history and backup-label files left out)."""
-    segments = {}
+    segments, keys = {}, {}
     prefix = barman.server_prefix + "wals/"
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=barman.bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             match = _SEGMENT.search(item["Key"])
             if match:
                 segments[match["segment"]] = item["LastModified"]
-    return ArchivedWal(segments)
+                keys[match["segment"]] = item["Key"]
+    return ArchivedWal(segments, keys)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from pydantic import Field
 from hotpot_orchestration.backups.assets import BACKUP, backup_partitions
 from hotpot_orchestration.pitr.archive import archived_wal, archiver_status, judge
 from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
-from hotpot_orchestration.pitr.drill import DrillError, run_drill
 from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
 from hotpot_orchestration.pitr.runas import RunAsError
 from hotpot_orchestration.platform.pg import PgToolError
@@ -142,6 +141,9 @@ def build_pitr_assets(settings: Settings):
         backup_storage: BackupStorageResource,
         pitr: PitrResource,
     ) -> dg.MaterializeResult:
+        # On use: the row counts bring psycopg, which the code location's load must not import.
+        from hotpot_orchestration.pitr.drill import DrillError, run_drill
+
         try:
             result = run_drill(
                 barman=pitr.barman(),
