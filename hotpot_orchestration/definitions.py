@@ -6,7 +6,7 @@ import dagster as dg
 
 from hotpot_orchestration import backups, operations, pitr, release, restores
 from hotpot_orchestration.platform.pg import PgTarget
-from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.resources import BackupStorageResource, LockedResource, PostgresResource
 from hotpot_orchestration.settings import Settings, load_settings
 
 
@@ -28,14 +28,38 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     }
 
 
+# The one resource a run is meant to be given at launch: the image a release deploys.
+RUN_CONFIGURED_RESOURCES = frozenset({"release_image"})
+
+
+def _with_locked_resources(defs: dg.Definitions) -> dg.Definitions:
+    resources = {
+        key: resource if key in RUN_CONFIGURED_RESOURCES else LockedResource(resource)
+        for key, resource in (defs.resources or {}).items()
+    }
+    return dg.Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        jobs=defs.jobs,
+        resources=resources,
+        executor=defs.executor,
+        loggers=defs.loggers,
+        metadata=defs.metadata,
+    )
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
-    return dg.Definitions.merge(
-        backups.build_defs(settings),
-        restores.build_defs(settings),
-        pitr.build_defs(settings),
-        release.build_defs(settings),
-        operations.build_defs(settings),
-        dg.Definitions(resources=build_resources(settings)),
+    return _with_locked_resources(
+        dg.Definitions.merge(
+            backups.build_defs(settings),
+            restores.build_defs(settings),
+            pitr.build_defs(settings),
+            release.build_defs(settings),
+            operations.build_defs(settings),
+            dg.Definitions(resources=build_resources(settings)),
+        )
     )
 
 

@@ -57,6 +57,25 @@ def test_release_graph_runs_from_image_to_production(defs):
         assert upstream in graph.get(downstream).parent_keys, f"{downstream} should depend on {upstream}"
 
 
+def test_the_release_gate_is_drawn_in_the_graph_as_lineage_only(defs):
+    """One lineage view reads image → release and backup → drill → release: the first canary step depends on
+    postgres_backup and restore_drill. Nothing is loaded from them, and the daily partitions of
+    postgres_backup do not make the release partitioned."""
+    graph = defs.get_repository_def().asset_graph
+    backup, drill, image = (dg.AssetKey(name) for name in ("postgres_backup", "restore_drill", "api_image"))
+    steps = [key for key in graph.get_all_asset_keys() if key.to_user_string().startswith("canary_weight_")]
+    first = min(steps, key=lambda key: int(key.to_user_string().rsplit("_", 1)[1]))
+    assert backup in graph.get(drill).parent_keys
+    assert {image, backup, drill} <= graph.get(first).parent_keys
+    assert graph.get(backup).partitions_def is not None and graph.get(first).partitions_def is None
+    for later in set(steps) - {first}:
+        assert not {backup, drill} & graph.get(later).parent_keys, f"{later} repeats the gate"
+    job = defs.resolve_job_def("canary_release_job")
+    assert job.partitions_def is None
+    inputs = job.graph.node_named(first.to_user_string()).definition.input_defs
+    assert all(put.dagster_type.is_nothing for put in inputs), [put.name for put in inputs]
+
+
 def test_nightly_schedule_follows_the_configured_time_zone():
     defs = build_definitions(load_settings({"HOTPOT_TIMEZONE": "Europe/Moscow"}))
     schedule = defs.get_repository_def().get_schedule_def("nightly_backup_schedule")
@@ -66,7 +85,7 @@ def test_nightly_schedule_follows_the_configured_time_zone():
 
 def test_secrets_are_environment_variables_not_config(defs):
     for key in ("postgres", "drill_postgres"):
-        url = defs.resources[key].url
+        url = defs.resources[key].resource.url
         assert isinstance(url, dg.EnvVar), f"{key}.url must come from the environment, got {type(url)}"
 
 
@@ -159,3 +178,25 @@ def test_the_product_never_imports_the_local_stack_and_the_image_does_not_ship_i
         if line.startswith("COPY ") and "--from" not in line
     ]
     assert copied == ["pyproject.toml", "hotpot_orchestration"]
+
+
+@pytest.mark.parametrize(
+    "resource, field, value",
+    [
+        ("image_build", "source", "/tmp/another-checkout"),
+        ("image_build", "buildah_binary", "/bin/sh"),
+        ("backup_storage", "bucket", "someone-elses-bucket"),
+        ("postgres", "url", "postgresql://me@elsewhere/db"),
+        ("traffic_router", "nginx_command", ["sh", "-c", "id"]),
+    ],
+)
+def test_launch_time_run_config_cannot_change_what_a_run_uses(defs, resource, field, value):
+    """Only the image a release deploys is given at launch; every other resource is fixed at load."""
+    job = next(
+        job
+        for job in defs.get_repository_def().get_all_jobs()
+        if resource in job.resource_defs and not job.name.startswith("__")
+    )
+    config = {"resources": {resource: {"config": {field: value}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError, match=f'unexpected config entry "{field}"'):
+        job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral())

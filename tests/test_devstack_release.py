@@ -117,7 +117,7 @@ def test_make_dev_routes_real_traffic_that_a_release_shifts_and_prometheus_judge
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     defs = build_definitions(load_settings(env))
-    router = defs.resources["traffic_router"].router()
+    router = defs.resources["traffic_router"].resource.router()
     assert router.state() == RouteState("blue", 0)
 
     router.set_weight(50)

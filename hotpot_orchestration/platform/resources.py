@@ -59,3 +59,21 @@ class BackupStorageResource(dg.ConfigurableResource):
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": "AES256"}
+
+
+class LockedResource(dg.ResourceDefinition):
+    """`resource` with the values the code location loaded it with: run config cannot change them.
+
+    Dagster lets launch-time run config override any field of a ConfigurableResource, so anyone who can
+    launch a run could otherwise point it at another checkout, builder binary, bucket or database. Here
+    the config schema is empty (an override is refused as an unexpected entry); fields bound to an EnvVar
+    are still read from the environment when a run uses the resource, so secrets stay out of run config.
+    """
+
+    def __init__(self, resource: dg.ConfigurableResource) -> None:
+        super().__init__(
+            resource_fn=lambda _context: resource.process_config_and_initialize(),
+            config_schema={},
+            description=type(resource).__doc__,
+        )
+        self.resource = resource
