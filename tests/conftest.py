@@ -205,4 +205,21 @@ def dagster_ui(devstack: DevStack, alert_inbox: WebhookReceiver) -> Iterator[Dag
         "HOTPOT_ALERT_WEBHOOK_URL": alert_inbox.url,
     }
     with DagsterServices(env=env) as services:
+        # On by default, as in production; stopped here until a test starts it, so that a drill is not
+        # launched every minute of the session.
+        stop_schedule(services, "restore_drill_schedule")
         yield services
+
+
+def stop_schedule(services: DagsterServices, name: str) -> None:
+    selector = {"repositoryLocationName": "hotpot_orchestration", "repositoryName": "__repository__"}
+    found = services.graphql(
+        "query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) { ... on Schedule { id } } }",
+        {"s": {**selector, "scheduleName": name}},
+    )
+    stopped = services.graphql(
+        "mutation($id: String!) { stopRunningSchedule(id: $id) { ... on ScheduleStateResult "
+        "{ scheduleState { status } } } }",
+        {"id": found["scheduleOrError"]["id"]},
+    )
+    assert stopped["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED", stopped
