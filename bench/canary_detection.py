@@ -75,7 +75,7 @@ def trial(stack: ReleaseStack, spec: dict, attribute: str, value: float, interva
         restored = next(
             e.timestamp
             for e in instance.all_logs(run_id)
-            if "serves all traffic again" in (e.user_message or "")
+            if "rolled back: blue serves 100 %" in (e.user_message or "")
         )
     last_green = max(hit.at for hit in traffic.hits if hit.color == "green")
     observed = min(hit.at for hit in traffic.hits if hit.at > last_green)

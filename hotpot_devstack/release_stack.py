@@ -253,6 +253,8 @@ def release_spec(
         "plan": plan,
         "router": stack.router_resource().model_dump(),
         "prometheus_url": stack.prometheus.url,
+        # Where a refused gate links to: make dev's UI.
+        "ui_url": "http://127.0.0.1:3000",
         "image": {"tag": "v2", "digest": digest, "repository": repository, "registry": registry.host},
         "backup_storage": {
             "bucket": bucket,
@@ -266,7 +268,7 @@ def release_spec(
 def release_definitions(spec: dict) -> dg.Definitions:
     """The rollout definitions for `spec`, with the resources the code location would give them."""
     return dg.Definitions.merge(
-        build_rollout_defs(parse_plan(spec["plan"])),
+        build_rollout_defs(parse_plan(spec["plan"]), spec["ui_url"]),
         dg.Definitions(
             resources={
                 "traffic_router": TrafficRouterResource(**spec["router"]),

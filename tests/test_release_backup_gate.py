@@ -48,6 +48,7 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
             region=s3.region,
             database="thehotpotspot",
         ),
+        "http://127.0.0.1:3000",  # the UI a refusal links to
     )
     now = datetime.now(UTC)
     client = s3.client()

@@ -40,6 +40,7 @@ from hotpot_devstack.release_stack import (
 )
 from hotpot_orchestration.release.rollout.analysis import Prometheus, request_count_query, stable_values
 from hotpot_orchestration.release.rollout.plan import parse_plan
+from hotpot_orchestration.release.rollout.releases import OUTCOME_TAG, ROLLED_BACK
 from hotpot_orchestration.release.rollout.resources import TrafficRouterResource
 from hotpot_orchestration.release.rollout.routers import RouteState
 from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
@@ -160,6 +161,29 @@ def weight_set_at(instance, run_id: str) -> dict[int, float]:
     }
 
 
+def stack_traces(instance, run_id: str) -> list[str]:
+    """The events of a run that carry an error with a stack trace (step failures, engine events, the run's
+    failure or cancellation)."""
+    return [
+        f"{entry.dagster_event.event_type_value}: {error.message}"
+        for entry in logs(instance, run_id)
+        if entry.dagster_event
+        and (error := getattr(entry.dagster_event.event_specific_data, "error", None))
+        and error.stack
+    ]
+
+
+def clean_ending(instance, result, *texts: str) -> dg.EventLogEntry:
+    """Asserts the release run ended on purpose: no event with a stack trace, the run tagged rolled back,
+    and exactly one event whose message holds every one of `texts`; returns that event."""
+    assert stack_traces(instance, result.run_id) == []
+    run = instance.get_run_by_id(result.run_id)
+    assert result.success and run.tags.get(OUTCOME_TAG) == ROLLED_BACK, last_messages(instance, run.run_id)
+    saying = [e for e in logs(instance, result.run_id) if all(t in (e.user_message or "") for t in texts)]
+    assert len(saying) == 1, [e.user_message for e in saying] or last_messages(instance, run.run_id)
+    return saying[0]
+
+
 def materialized(instance, key: str):
     return instance.get_latest_materialization_event(dg.AssetKey(key))
 
@@ -213,25 +237,23 @@ def assert_no_request_dropped(traffic: Traffic) -> None:
 
 
 def failed_fast(instance, result, stack, traffic) -> str:
-    """Asserts the run failed in its first step, judged bad by a measurement before any other verdict than
-    "not enough data yet", and that stable serves everything again; returns the failure message.
+    """Asserts the run rolled back in its first step, judged bad by a measurement before any other verdict
+    than "not enough data yet", with one clear event and no stack trace, and that stable serves everything
+    again; returns the event's message.
 
     How soon the fault is caught (one analysis interval at most, when the first window has enough requests)
     is measured by bench/canary_detection.py; on a loaded machine the first window may hold too few."""
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_key == "canary_weight_20"
-    message = failure.step_failure_data.error.message
+    ending = clean_ending(instance, result, "step 1 (weight 20) failed: ", "rolled back: blue serves 100 %")
+    assert ending.step_key == "canary_weight_20"
     verdicts = [e.asset_observation.metadata["verdict"].value for e in observations(instance, result.run_id)]
     assert verdicts[-1] == "fail" and set(verdicts[:-1]) <= {"inconclusive"}, verdicts
     assert len(verdicts) <= 3, verdicts  # before max_inconclusive (2) would have rolled back on its own
     assert materialized(instance, "production_release") is None
     assert stack.router().state().canary_weight == 0
-    rolled_back = logged_at(instance, result.run_id, "serves all traffic again")
     more_traffic(traffic)
-    after = traffic.between(rolled_back + 0.2, math.inf)
+    after = traffic.between(ending.timestamp + 0.2, math.inf)
     assert Traffic.share(after, "blue") == 100.0, Counter(hit.color for hit in after)
-    return message
+    return ending.user_message
 
 
 @pytest.mark.parametrize(
@@ -253,7 +275,7 @@ def test_a_bad_canary_is_caught_and_traffic_returns_to_stable(stack, spec, insta
 
 def test_a_canary_without_traffic_is_never_promoted(stack, spec, instance):
     result = execute(spec, instance)  # no traffic at all
-    assert not result.success
+    clean_ending(instance, result, "inconclusive 3 times in a row", "rolled back: blue serves 100 %")
     assert materialized(instance, "canary_weight_20") is None
     assert materialized(instance, "production_release") is None
     verdicts = [e.asset_observation.metadata["verdict"].value for e in observations(instance, result.run_id)]
@@ -266,10 +288,23 @@ def test_gates_block_a_release_and_name_the_failed_gate(stack, instance, registr
     bad = {**stale, "image": {**stale["image"], "digest": "sha256:" + "f" * 64}}
     result = execute(bad, instance)
     assert not result.success
-    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data
+    message = failure.error.message
     assert "gate 'backup fresh and verified'" in message and "30.0 h old" in message
     assert "gate 'image digest in the registry'" in message and "not in the registry" in message
     assert stack.router().state().canary_weight == 0
+    # The refusal names the backup it looked at, and links to it in the UI.
+    metadata = failure.user_failure_data.metadata
+    storage = stale["backup_storage"]
+    listed = s3.client().list_objects_v2(Bucket=storage["bucket"], Prefix=storage["prefix"])["Contents"]
+    [manifest] = [item["Key"] for item in listed if item["Key"].endswith(".manifest.json")]
+    assert metadata["backup_manifest"].value == manifest
+    assert manifest.removesuffix(".manifest.json") in message  # the dump beside it
+    assert 30.0 <= metadata["backup_age_hours"].value < 30.1
+    partition = manifest.split("/")[2]
+    assert metadata["backup_link"].value == (
+        f"{stale['ui_url']}/assets/postgres_backup?view=partitions&partition={partition}"
+    )
 
 
 def live_processes_in_group(pgid: int) -> list[int]:
@@ -355,13 +390,11 @@ def test_blue_green_switches_back_when_the_new_colour_is_bad(stack, spec, instan
         wait_for_a_baseline(stack, "blue")
         result = execute(spec, instance, "blue_green_release_job")
         more_traffic(traffic)
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert failure.step_key == "blue_green_switch"
-    assert "Switched back to blue" in failure.step_failure_data.error.message
+    ending = clean_ending(instance, result, "blue-green green failed: ", "rolled back: blue serves 100 %")
+    assert ending.step_key == "blue_green_switch"
+    assert result.is_node_skipped("blue_green_scale_down_old")  # green stays deployed until the next release
     assert stack.router().state() == RouteState("blue", 0)
-    switched_back = logged_at(instance, result.run_id, "serves all traffic again")
-    after = traffic.between(switched_back + 0.2, math.inf)
+    after = traffic.between(ending.timestamp + 0.2, math.inf)
     assert Traffic.share(after, "blue") == 100.0, Counter(hit.color for hit in after)
     assert materialized(instance, "production_release") is None
 
@@ -383,28 +416,52 @@ GATED_PLAN = local_plan(
 )
 
 
-def test_a_manual_gate_waits_for_the_operators_approval(stack, spec, instance):
+def in_background(spec: dict, instance, plan: str | None = None) -> tuple[threading.Thread, dict, str]:
+    """Starts a canary release in a thread; returns the thread, where its result (or error) will be, and the
+    run's id once the run exists."""
     outcome = {}
 
     def release() -> None:
         try:
-            outcome["result"] = execute(spec, instance, plan=GATED_PLAN)
-        except BaseException as error:  # reported below, with what the run was doing
+            outcome["result"] = execute(spec, instance, plan=plan)
+        except BaseException as error:  # reported by finished(), with what the run was doing
             outcome["error"] = error
 
+    worker = threading.Thread(target=release, daemon=True)
+    worker.start()
+    run_id = wait_until(
+        lambda: (runs := instance.get_runs(limit=1)) and runs[0].run_id,
+        SETTLE_SECONDS,
+        "the release run never started",
+    )
+    return worker, outcome, run_id
+
+
+def finished(worker: threading.Thread, outcome: dict, instance, run_id: str):
+    """The background release's result, once it has ended."""
+    wait_until(
+        lambda: not worker.is_alive(),
+        RUN_SECONDS,
+        lambda: f"the release did not finish; {last_messages(instance, run_id)}",
+        interval=0.5,
+    )
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["result"]
+
+
+def gate_opened(instance, run_id: str) -> float:
+    """When the release's manual gate opened, once it has."""
+    return wait_until(
+        lambda: logged_at(instance, run_id, "waits for approval"),
+        RUN_SECONDS,
+        lambda: f"the gate never opened; {last_messages(instance, run_id)}",
+    )
+
+
+def test_a_manual_gate_waits_for_the_operators_approval(stack, spec, instance):
     with stack.traffic():
-        worker = threading.Thread(target=release, daemon=True)
-        worker.start()
-        run_id = wait_until(
-            lambda: (runs := instance.get_runs(limit=1)) and runs[0].run_id,
-            SETTLE_SECONDS,
-            "the release run never started",
-        )
-        opened_at = wait_until(
-            lambda: logged_at(instance, run_id, "waits for approval"),
-            RUN_SECONDS,
-            lambda: f"the gate never opened; {last_messages(instance, run_id)}",
-        )
+        worker, outcome, run_id = in_background(spec, instance, GATED_PLAN)
+        opened_at = gate_opened(instance, run_id)
         # While it waits it goes on measuring, and stays at 20 %.
         wait_until(
             lambda: len([e for e in observations(instance, run_id) if e.timestamp > opened_at]) >= 2,
@@ -417,18 +474,71 @@ def test_a_manual_gate_waits_for_the_operators_approval(stack, spec, instance):
         instance.report_runless_asset_event(
             dg.AssetMaterialization("release_approval", description="ok, ops")
         )
-        wait_until(
-            lambda: not worker.is_alive(),
-            RUN_SECONDS,
-            lambda: f"the approved release did not finish; {last_messages(instance, run_id)}",
-            interval=0.5,
-        )
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
+        result = finished(worker, outcome, instance, run_id)
     assert result.success, last_messages(instance, run_id)
     step = materialized(instance, "canary_weight_20").asset_materialization.metadata
     assert step["approval"].value == "ok, ops"
     assert stack.router().state() == RouteState("green", 0)
+
+
+def test_an_operators_rejection_rolls_back_with_one_clear_event(stack, spec, instance):
+    with stack.traffic() as traffic:
+        worker, outcome, run_id = in_background(spec, instance, GATED_PLAN)
+        gate_opened(instance, run_id)
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("release_approval", description="reject: p95 looks odd")
+        )
+        result = finished(worker, outcome, instance, run_id)
+        more_traffic(traffic)
+    ending = clean_ending(
+        instance,
+        result,
+        "step 1 (weight 20) rejected by the operator: reject: p95 looks odd",
+        "rolled back: blue serves 100 %",
+    )
+    assert materialized(instance, "canary_weight_20") is None
+    assert stack.router().state() == RouteState("blue", 0)
+    after = traffic.between(ending.timestamp + 0.2, math.inf)
+    assert Traffic.share(after, "blue") == 100.0, Counter(hit.color for hit in after)
+
+
+def test_rollback_job_stops_a_running_release_with_one_clear_event(stack, spec, instance):
+    router = stack.router()
+    with stack.traffic() as traffic:
+        worker, outcome, run_id = in_background(spec, instance)
+        wait_until(
+            lambda: router.state().canary_weight >= 40,
+            RUN_SECONDS,
+            lambda: f"the release is at {router.state()}, not 40 %; {last_messages(instance, run_id)}",
+        )
+        rollback = execute(spec, instance, "rollback_job")
+        assert rollback.success, last_messages(instance, rollback.run_id)
+        result = finished(worker, outcome, instance, run_id)  # rollback_job returned once it had stopped
+        more_traffic(traffic)
+    assert not worker.is_alive()
+    ending = clean_ending(
+        instance, result, f"rolled back by rollback_job run {rollback.run_id[:8]}: blue serves 100 %"
+    )
+    assert ending.step_key.startswith("canary_weight_")
+    assert materialized(instance, "production_release") is None
+    assert router.state() == RouteState("blue", 0)
+    after = traffic.between(ending.timestamp + 0.2, math.inf)
+    assert Traffic.share(after, "blue") == 100.0, Counter(hit.color for hit in after)
+
+
+def test_an_error_in_a_release_still_fails_it_with_its_stack_trace(stack, spec, instance):
+    # Green's server is not there: its health check never answers, which is an error, not a rollback.
+    broken = {**spec, "router": {**spec["router"], "green_servers": ["127.0.0.1:9"]}}
+    result = execute(broken, instance)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "canary_weight_20"
+    error = failure.step_failure_data.error
+    while error.cause:  # the user code's exception, under Dagster's wrapper
+        error = error.cause
+    assert "not healthy after" in error.message and "wait_healthy" in "".join(error.stack)
+    assert OUTCOME_TAG not in instance.get_run_by_id(result.run_id).tags
+    assert stack.router().state().canary_weight == 0
 
 
 def test_rollback_job_puts_stable_at_100_percent(stack, spec, instance):

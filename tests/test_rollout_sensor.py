@@ -161,7 +161,7 @@ def test_a_step_materialized_outside_canary_release_job_refuses_to_move_traffic(
     from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource
 
     ROUTER.current = RouteState("blue", 20)
-    step_40 = canary_assets(load_plan())[1]
+    step_40 = canary_assets(load_plan(), "http://127.0.0.1:3000")[1]
     result = dg.materialize(
         [step_40],
         instance=instance,

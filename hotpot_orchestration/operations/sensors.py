@@ -8,7 +8,7 @@ from pydantic import Field
 from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.operations.alerts import FailedRun, post_alert, slack_message
 from hotpot_orchestration.operations.health import PipelineHealth, render, write_textfile
-from hotpot_orchestration.release.rollout.releases import RELEASE_JOBS
+from hotpot_orchestration.release.rollout.releases import OUTCOME_TAG, RELEASE_JOBS, ROLLED_BACK
 from hotpot_orchestration.restores import DRILL_ASSET, DRILL_JOB
 
 
@@ -83,7 +83,9 @@ def read_health(instance: dg.DagsterInstance) -> PipelineHealth:
     if release_run is None:
         release_state = "none"
     elif release_run.status == dg.DagsterRunStatus.SUCCESS:
-        release_state = "succeeded"
+        # A release that rolled back on purpose ends without error, but it did not release.
+        rolled_back = release_run.tags.get(OUTCOME_TAG) == ROLLED_BACK
+        release_state = "failed" if rolled_back else "succeeded"
     elif release_run.status in FINISHED:
         release_state = "failed"
     else:

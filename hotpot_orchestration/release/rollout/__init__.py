@@ -22,18 +22,19 @@ from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 from hotpot_orchestration.settings import Settings
 
 
-def build_rollout_defs(plan: RolloutPlan) -> dg.Definitions:
-    """Assets, jobs and the sensor for `plan`; the resources come from the caller."""
+def build_rollout_defs(plan: RolloutPlan, ui_url: str) -> dg.Definitions:
+    """Assets, jobs and the sensor for `plan` (a refused gate links to `ui_url`, the Dagster UI); the
+    resources come from the caller."""
     return dg.Definitions(
-        assets=[*canary_assets(plan), APPROVAL_SPEC],
-        jobs=[canary_job(plan), blue_green_job(plan), rollback_job],
+        assets=[*canary_assets(plan, ui_url), APPROVAL_SPEC],
+        jobs=[canary_job(plan), blue_green_job(plan, ui_url), rollback_job],
         sensors=[release_failure_sensor],
     )
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
-        build_rollout_defs(load_plan(settings.rollout_plan)),
+        build_rollout_defs(load_plan(settings.rollout_plan), settings.ui_url),
         dg.Definitions(
             resources={
                 "traffic_router": traffic_router_resource(settings),

@@ -5,7 +5,8 @@ to the plan's limit and never count as a pass; a step passes only once its pause
 measurement passed; a manual gate additionally needs an operator's approval, while measurements go on.
 Between measurements the same checks run every `watch_every`, and only a failure among them counts: a fault
 that appears just after a measurement is acted on as soon as Prometheus shows it, not an interval later.
-Whatever ends a step other than a pass, the caller sends stable all the traffic.
+Whatever ends a step other than a pass, the caller sends stable all the traffic. An operator's rollback
+(`stop`) ends the step at the next poll, like a rejection.
 
 Plain Python: the clock, the sleep and the approval source are passed in, so the rules are tested directly.
 """
@@ -20,8 +21,8 @@ from typing import Literal, Protocol
 from hotpot_orchestration.release.rollout.analysis import Measurement, Prometheus, measure
 from hotpot_orchestration.release.rollout.plan import Analysis
 
-Outcome = Literal["pass", "fail", "inconclusive", "rejected", "unapproved"]
-# The operator's answer is looked for this often between measurements.
+Outcome = Literal["pass", "fail", "inconclusive", "rejected", "unapproved", "rolled back"]
+# The operator's answer and a rollback request are looked for this often between measurements.
 POLL_SECONDS = 1.0
 
 
@@ -63,6 +64,7 @@ def analyse(
     baseline: Mapping[str, float | None] | None = None,
     gate: Gate | None = None,
     record: Callable[[Measurement], None] = lambda measurement: None,
+    stop: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StepResult:
@@ -85,6 +87,8 @@ def analyse(
                     result.measurements.append(watched)
                     record(watched)
                     return _end(result, "fail", f"failed: {watched.summary}")
+            if reason := stop():
+                return _end(result, "rolled back", reason)
             if gate_opened is not None and _answered(result, gate):
                 return result
         next_tick += analysis.interval
@@ -116,6 +120,13 @@ def analyse(
             return result
         if clock() - gate_opened > gate.timeout:
             return _end(result, "unapproved", f"no operator approval within {gate.timeout:g}s")
+
+
+def ending(what: str, result: StepResult, live: str, live_share: int) -> str:
+    """The one line that ends a release stopped on purpose: why, and where the traffic is now."""
+    if result.outcome == "rolled back":  # the message names who rolled it back
+        return f"{what} {result.message}: {live} serves {live_share} %"
+    return f"{what} {result.message}; rolled back: {live} serves {live_share} %"
 
 
 def _answered(result: StepResult, gate: Gate) -> bool:

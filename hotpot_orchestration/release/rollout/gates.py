@@ -23,6 +23,7 @@ class GateResult:
     name: str
     passed: bool
     detail: str
+    subject: Any = None  # what the gate looked at (the backup), for a refusal to name and link to
 
 
 def backup_gate(
@@ -45,8 +46,9 @@ def backup_gate(
     hours = age.total_seconds() / 3600
     detail = f"latest verified backup of {database!r}, {latest.dump_key}, is {hours:.1f} h old"
     if age > max_age:
-        return GateResult(name, False, f"{detail}; the limit is {max_age.total_seconds() / 3600:g} h")
-    return GateResult(name, True, detail)
+        limit = f"{detail}; the limit is {max_age.total_seconds() / 3600:g} h"
+        return GateResult(name, False, limit, latest)
+    return GateResult(name, True, detail, latest)
 
 
 def image_gate(resolve_digest: Callable[[], str | None], reference: str, digest: str) -> GateResult:

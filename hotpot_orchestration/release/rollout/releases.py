@@ -2,8 +2,12 @@
 blue-green and rollback jobs. Thin: `controller`, `analysis`, `gates` and the routers make the decisions.
 
 Safety rules kept here:
-- Every release step runs under `_stable_on_error`: whatever ends it early (a failed or inconclusive
-  analysis, an error, the run being terminated) sends stable all the traffic before the step ends.
+- A release stopped on purpose (a failed, inconclusive or unapproved analysis, an operator's rejection,
+  rollback_job) sends stable all the traffic and ends its step without materializing it, with one warning
+  that says why and what traffic looks like now; the steps after it are skipped and the run is tagged
+  `hotpot/release-outcome: rolled back`. Only errors fail a step (with their trace).
+- Every release step runs under `_stable_on_error`: whatever else ends it early (an error, the run being
+  terminated) also sends stable all the traffic before the step ends.
 - Steps run only inside canary_release_job (so inside the release queue), and a step other than the first
   refuses to run unless the router is at the previous step's weight, so re-executing from a failure cannot
   skip the gates and the deployment.
@@ -18,17 +22,25 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from hotpot_orchestration.backups.assets import BACKUP
 from hotpot_orchestration.backups.checks import MAX_AGE as MAX_BACKUP_AGE
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
 from hotpot_orchestration.release.rollout.analysis import Measurement, stable_values
-from hotpot_orchestration.release.rollout.controller import Approval, StepResult, analyse, wait_healthy
+from hotpot_orchestration.release.rollout.controller import (
+    Approval,
+    StepResult,
+    analyse,
+    ending,
+    wait_healthy,
+)
 from hotpot_orchestration.release.rollout.gates import GateFailed, backup_gate, image_gate, require
 from hotpot_orchestration.release.rollout.liveness import HEARTBEAT_SECONDS, worker_key, worker_record
 from hotpot_orchestration.release.rollout.plan import RolloutPlan, Step
 from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
 from hotpot_orchestration.release.rollout.routers import Router, RouteState
+from hotpot_orchestration.restores import DRILL_ASSET
 
 GROUP = "release"
 APPROVAL_ASSET = "release_approval"
@@ -43,6 +55,31 @@ ROLLBACK_TAGS = {"hotpot/rollback": "manual", **RELEASE_POD_TAGS}
 CANARY_JOB, BLUE_GREEN_JOB, ROLLBACK_JOB = "canary_release_job", "blue_green_release_job", "rollback_job"
 RELEASE_JOBS = (CANARY_JOB, BLUE_GREEN_JOB)
 PRODUCTION_ASSET = "production_release"
+# Set on a release run that ended on purpose without releasing (its run status is SUCCESS: nothing broke).
+OUTCOME_TAG, ROLLED_BACK = "hotpot/release-outcome", "rolled back"
+# How long rollback_job waits for a release run to notice its request and stop on its own (a step polls
+# every second; a deploy to the idle colour, which moves no traffic, may hold it longer) before terminating
+# it.
+ROLLBACK_GRACE_SECONDS = 60.0
+
+
+def rollback_key(run_id: str) -> str:
+    """Where rollback_job asks release run `run_id` to stop (the instance's key-value store)."""
+    return f"hotpot/release-rollback/{run_id}"
+
+
+def _rollback_requested(context) -> str | None:
+    """Who asked this run to roll back, if anyone has."""
+    key = rollback_key(context.run.run_id)
+    by = context.instance.run_storage.get_cursor_values({key}).get(key)
+    return f"rolled back by {ROLLBACK_JOB} run {by[:8]}" if by else None
+
+
+def _end_rolled_back(context, router: Router, what: str, result: StepResult) -> None:
+    """Stable gets all the traffic; one warning says why and what traffic looks like now."""
+    state = router.set_weight(0)
+    context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: ROLLED_BACK})
+    context.log.warning(ending(what, result, state.live, 100 - state.canary_weight))
 
 
 @contextmanager
@@ -92,9 +129,11 @@ def _check_gates(
     image: ReleaseImageResource,
     registry: RegistryResource,
     backup_storage: BackupStorageResource,
+    ui_url: str,
 ) -> None:
     """The seed's pre-deployment checklist, before anything is deployed or routed. The backup must be of
-    HOTPOT_DATABASE_URL's database: another database's backup in the same bucket does not count."""
+    HOTPOT_DATABASE_URL's database: another database's backup in the same bucket does not count. A refusal
+    names the backup looked at and links to its partition of postgres_backup in the UI (`ui_url`)."""
     database = backup_storage.database
 
     def resolve_digest() -> str | None:
@@ -112,8 +151,9 @@ def _check_gates(
             backup_storage.client(), backup_storage.bucket, backup_storage.prefix, database=database
         )
 
+    now = datetime.now(UTC)
     results = [
-        backup_gate(latest_verified_backup, datetime.now(UTC), database=database, max_age=MAX_BACKUP_AGE),
+        backup_gate(latest_verified_backup, now, database=database, max_age=MAX_BACKUP_AGE),
         image_gate(resolve_digest, image.reference, image.digest),
     ]
     for result in results:
@@ -124,6 +164,15 @@ def _check_gates(
         metadata = {
             result.name: f"{'passed' if result.passed else 'failed'}: {result.detail}" for result in results
         }
+        if (backup := results[0].subject) is not None:
+            metadata |= {
+                "backup_manifest": backup.manifest_key,
+                "backup_age_hours": round((now - backup.created_at).total_seconds() / 3600, 2),
+                "backup_link": dg.MetadataValue.url(
+                    f"{ui_url.rstrip('/')}/assets/{BACKUP.to_user_string()}?view=partitions"
+                    f"&partition={backup.partition}"
+                ),
+            }
         raise dg.Failure(description=str(exc), metadata=metadata) from None
 
 
@@ -220,7 +269,7 @@ def _expect_weight(state: RouteState, weight: int, what: str) -> None:
         )
 
 
-def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.AssetsDefinition:
+def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str, ui_url: str) -> dg.AssetsDefinition:
     first = step.number == 1
     previous_weight = 0 if first else plan.steps[step.number - 2].weight
     gate = (
@@ -231,11 +280,26 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
     description = (
         f"Canary at {step.weight} % for {step.pause:g}s, measured every {plan.analysis.interval:g}s "
         "against stable."
-        f"{gate} Any failure or inconclusive-past-the-limit sends stable all the traffic and fails the run."
-        + (" First checks the safety gates and deploys the image to the idle colour." if first else "")
+        f"{gate} A failure, inconclusive-past-the-limit, a rejection or rollback_job sends stable all the "
+        "traffic and ends the release without materializing this step."
+        + (
+            " First checks the safety gates (a fresh verified postgres_backup, proven restorable by "
+            "restore_drill; the image in the registry) and deploys the image to the idle colour."
+            if first
+            else ""
+        )
     )
+    # The first step's gate, drawn in the graph: lineage only, nothing is loaded from these assets. Without a
+    # partition mapping the unpartitioned step depends on all of postgres_backup's daily partitions.
+    gate_deps = [dg.AssetDep(BACKUP), dg.AssetDep(DRILL_ASSET)] if first else []
 
-    @dg.asset(name=step.asset_name, deps=[upstream], group_name=GROUP, description=description)
+    @dg.asset(
+        name=step.asset_name,
+        deps=[upstream, *gate_deps],
+        group_name=GROUP,
+        description=description,
+        output_required=False,
+    )
     def canary_step(
         context: dg.AssetExecutionContext,
         traffic_router: TrafficRouterResource,
@@ -243,19 +307,22 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
         release_image: ReleaseImageResource,
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         _in_release_job(context)
         image = _image(release_image)
         router = traffic_router.router()
         with _alive(context):
             if first:
-                _check_gates(context, image, registry, backup_storage)
+                _check_gates(context, image, registry, backup_storage, ui_url)
             with _stable_on_error(context, router):
                 if first:
                     state = _deploy_idle(context, plan, router, image)
                 else:
                     state = router.state()
                     _expect_weight(state, previous_weight, step.label)
+                if reason := _rollback_requested(context):
+                    _end_rolled_back(context, router, step.label, StepResult("rolled back", reason))
+                    return
                 router.set_weight(step.weight)
                 context.log.info(
                     f"{step.label}: {step.weight} % of traffic on {state.idle}, {state.live} is stable"
@@ -269,14 +336,12 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str) -> dg.Assets
                     duration=step.pause,
                     gate=OperatorApproval(context, step, plan.approval_timeout) if step.gate else None,
                     record=_recorder(context, step.asset_name, step.label),
+                    stop=lambda: _rollback_requested(context),
                 )
                 if not result.passed:
-                    raise dg.Failure(
-                        description=f"{step.label} {result.outcome}: {result.message}. Stable ({state.live}) "
-                        "gets all the traffic back.",
-                        metadata=_result_metadata(result),
-                    )
-        return dg.MaterializeResult(
+                    _end_rolled_back(context, router, step.label, result)
+                    return
+        yield dg.MaterializeResult(
             metadata={"weight": step.weight, "canary_color": state.idle, "image": image.tagged_reference}
             | _result_metadata(result)
         )
@@ -293,21 +358,26 @@ def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
         group_name=GROUP,
         description="The canary becomes the new stable: its colour goes live with 100 % of the traffic. "
         "Records the image's digest and tag (new_image_tag_sensor reads `digest` from here).",
+        output_required=False,
     )
     def production_release(
         context: dg.AssetExecutionContext,
         traffic_router: TrafficRouterResource,
         release_image: ReleaseImageResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult]:
         _in_release_job(context)
         image = _image(release_image)
         router = traffic_router.router()
         with _alive(context), _stable_on_error(context, router):
             before = router.state()
             _expect_weight(before, last.weight, PRODUCTION_ASSET)
+            if reason := _rollback_requested(context):
+                result = StepResult("rolled back", reason)
+                _end_rolled_back(context, router, PRODUCTION_ASSET, result)
+                return
             after = router.promote()
         context.log.info(f"{after.live} is live with {image.tagged_reference}; {before.live} is idle")
-        return dg.MaterializeResult(metadata=_release_metadata(image, "canary", before, after))
+        yield dg.MaterializeResult(metadata=_release_metadata(image, "canary", before, after))
 
     return production_release
 
@@ -323,7 +393,7 @@ def _release_metadata(image: ReleaseImageResource, strategy: str, before: RouteS
     }
 
 
-def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
+def blue_green_job(plan: RolloutPlan, ui_url: str) -> dg.JobDefinition:
     settings = plan.blue_green
 
     @dg.op(description="Safety gates, then the image on the idle colour, healthy on /health and /ready.")
@@ -337,13 +407,16 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
         router = traffic_router.router()
         with _alive(context):
             image = _image(release_image)
-            _check_gates(context, image, registry, backup_storage)
+            _check_gates(context, image, registry, backup_storage, ui_url)
             state = _deploy_idle(context, plan, router, image)
         return state.idle
 
     @dg.op(
         description=f"All traffic to the new colour, analysed for {settings.analysis:g}s against stable's "
-        "numbers from just before the switch; switches back on failure, else makes it live."
+        "numbers from just before the switch; switches back on failure or rollback_job (and the old colour "
+        "is kept), else makes it live.",
+        # No output when switched back: the scale-down is skipped.
+        out=dg.Out(str, is_required=False),
     )
     def blue_green_switch(
         context: dg.OpExecutionContext,
@@ -351,14 +424,18 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
         traffic_router: TrafficRouterResource,
         canary_prometheus: CanaryPrometheusResource,
         release_image: ReleaseImageResource,
-    ) -> str:
+    ) -> Iterator[dg.Output]:
         image = _image(release_image)
         router = traffic_router.router()
         prometheus = canary_prometheus.client()
+        what = f"blue-green {new_color}"
         with _alive(context), _stable_on_error(context, router):
             before = router.state()
             if before.idle != new_color:
                 raise dg.Failure(description=f"{new_color} is no longer the idle colour: another release ran")
+            if reason := _rollback_requested(context):
+                _end_rolled_back(context, router, what, StepResult("rolled back", reason))
+                return
             baseline = stable_values(prometheus, plan.analysis, before.live)
             context.log.info(f"Stable {before.live} before the switch: {baseline}")
             router.set_weight(100)
@@ -369,14 +446,12 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
                 stable=None,
                 baseline=baseline,
                 duration=settings.analysis,
-                record=_recorder(context, PRODUCTION_ASSET, f"blue-green {new_color}"),
+                record=_recorder(context, PRODUCTION_ASSET, what),
+                stop=lambda: _rollback_requested(context),
             )
             if not result.passed:
-                raise dg.Failure(
-                    description=f"blue-green {new_color} {result.outcome}: {result.message}. Switched "
-                    f"back to {before.live}.",
-                    metadata=_result_metadata(result),
-                )
+                _end_rolled_back(context, router, what, result)
+                return
             after = router.promote()
         context.log_event(
             dg.AssetMaterialization(
@@ -384,7 +459,7 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
                 metadata=_release_metadata(image, "blue-green", before, after) | _result_metadata(result),
             )
         )
-        return before.live
+        yield dg.Output(before.live)
 
     @dg.op(description=f"Scales the old colour down {settings.scale_down_delay:g}s after the switch.")
     def blue_green_scale_down_old(
@@ -413,23 +488,47 @@ def blue_green_job(plan: RolloutPlan) -> dg.JobDefinition:
     return blue_green_release_job
 
 
-@dg.op(description="Terminates running releases, then sends stable (the live colour) all the traffic.")
+@dg.op(
+    description="Sends stable (the live colour) all the traffic and asks running releases to stop: each "
+    "ends its step, saying it was rolled back, before moving traffic again; one that has not stopped "
+    f"within {ROLLBACK_GRACE_SECONDS:g}s is terminated."
+)
 def return_stable_to_full_traffic(
     context: dg.OpExecutionContext, traffic_router: TrafficRouterResource
 ) -> None:
     instance = context.instance
-    for job_name in RELEASE_JOBS:
-        active = dg.RunsFilter(
-            job_name=job_name,
-            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+    active = [
+        record.dagster_run.run_id
+        for job_name in RELEASE_JOBS
+        for record in instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=job_name, statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+            )
         )
-        for record in instance.get_run_records(filters=active):
-            # Stop it first, or its next step would shift traffic again after we reset it.
-            context.log.info(f"Terminating release run {record.dagster_run.run_id} ({job_name})")
-            instance.run_coordinator.cancel_run(record.dagster_run.run_id)
-    state = traffic_router.router().set_weight(0)
-    context.add_output_metadata({"live_color": state.live, "canary_weight": state.canary_weight})
+    ]
+    if active:
+        # The request first: a release checks it before every traffic change, so none moves traffic again
+        # after the weight below.
+        requests = {rollback_key(run_id): context.run.run_id for run_id in active}
+        instance.run_storage.set_cursor_values(requests)
+    router = traffic_router.router()
+    state = router.set_weight(0)
     context.log.info(f"Stable ({state.live}) serves all traffic")
+    deadline = time.monotonic() + ROLLBACK_GRACE_SECONDS
+    for run_id in active:
+        context.log.info(f"Waiting for release run {run_id} to stop")
+        while not instance.get_run_by_id(run_id).is_finished and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not instance.get_run_by_id(run_id).is_finished:
+            context.log.warning(
+                f"Release run {run_id} did not stop within {ROLLBACK_GRACE_SECONDS:g}s: terminating it"
+            )
+            instance.run_coordinator.cancel_run(run_id)
+            # Its last act may have been a traffic change.
+            state = router.set_weight(0)
+    context.add_output_metadata(
+        {"live_color": state.live, "canary_weight": state.canary_weight, "stopped_runs": ", ".join(active)}
+    )
 
 
 @dg.job(
@@ -443,10 +542,10 @@ def rollback_job():
     return_stable_to_full_traffic()
 
 
-def canary_assets(plan: RolloutPlan) -> list[dg.AssetsDefinition]:
+def canary_assets(plan: RolloutPlan, ui_url: str) -> list[dg.AssetsDefinition]:
     assets, upstream = [], "api_image"
     for step in plan.steps:
-        assets.append(canary_step_asset(plan, step, upstream))
+        assets.append(canary_step_asset(plan, step, upstream, ui_url))
         upstream = step.asset_name
     return [*assets, production_release_asset(plan)]
 
