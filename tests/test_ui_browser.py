@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,6 +156,50 @@ def test_launching_a_job_from_the_launchpad_creates_a_run(page, dagster_ui):
     with screenshot_after(page, "launched-run"):
         page.wait_for_url(re.compile(f"/runs/{run_id}"))
         assert_shows(page, job)
+
+
+def test_a_release_stopped_by_rollback_job_reads_as_a_rollback_on_its_run_page(
+    page, dagster_ui, registry, s3, monkeypatch
+):
+    """A canary run on the UI's instance, against the test release stack (real nginx and Prometheus), is
+    stopped by rollback_job mid-step; its run page says so in one line, with no error on it."""
+    from hotpot_devstack.release_stack import ReleaseStack, local_plan, release_definitions, release_spec
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    # One long step: the rollback lands while it measures.
+    plan = local_plan(2.0, ["{weight: 20, pause: 600s}"], window=3.0)
+    outcome = {}
+    with (
+        ReleaseStack() as stack,
+        stack.traffic(),
+        dg.DagsterInstance.from_config(str(dagster_ui.home)) as instance,
+    ):
+        spec = release_spec(stack, registry, s3, plan)
+        jobs = release_definitions(spec)
+
+        def release() -> None:
+            outcome["release"] = jobs.resolve_job_def("canary_release_job").execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+
+        worker = threading.Thread(target=release, daemon=True)
+        worker.start()
+        wait_until(
+            lambda: stack.router().state().canary_weight == 20,
+            SCREEN_MS / 1000,
+            lambda: f"the release never reached 20 %: {stack.router().state()}",
+            interval=0.5,
+        )
+        rollback = jobs.resolve_job_def("rollback_job").execute_in_process(instance=instance)
+        worker.join(SCREEN_MS / 1000)
+        assert not worker.is_alive(), "the release did not stop after rollback_job"
+    release_run = outcome["release"].run_id
+    page.goto(f"{dagster_ui.url}/runs/{release_run}", wait_until="networkidle")
+    with screenshot_after(page, "run-rolled-back"):
+        assert_shows(page, f"rolled back by rollback_job run {rollback.run_id[:8]}: blue serves 100 %")
+        assert_shows(page, "Success")
+        assert page.get_by_text("DagsterExecutionInterruptedError").count() == 0
 
 
 def runs_of(dagster_ui: DagsterServices, job: str) -> list[str]:
