@@ -97,7 +97,7 @@ class PgBackRest:
 
     def __init__(self, postgres: Postgres, work: Path):
         self.postgres = postgres
-        self.work = work / "pgbackrest"
+        self.work = work / f"pgbackrest-{postgres.port}"  # one per server (size) of the run
         self.work.mkdir()
         self.conf = self.work / "pgbackrest.conf"
         data = postgres.tmp / "data"

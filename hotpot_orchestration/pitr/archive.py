@@ -122,6 +122,21 @@ def judge(status: ArchiverStatus, archived: ArchivedWal, *, max_age_seconds: int
     return Verdict(True, f"newest archived WAL segment {newest[0]}, {age:.0f} s old", age)
 
 
+def evaluate(
+    target: PgTarget, client, barman: BarmanCloud, *, max_age_seconds: int, now: datetime
+) -> tuple[Verdict, ArchiverStatus, ArchivedWal | None]:
+    """The wal_archive check: the server's archiver and the store's listing; an unreachable store fails
+    the check (naming it) instead of erroring it, since that is what a failing archive looks like."""
+    status = archiver_status(target)
+    try:
+        archived = archived_wal(client, barman)
+    except Exception as error:  # botocore's connection and client errors alike
+        verdict = judge(status, ArchivedWal({}), max_age_seconds=max_age_seconds, now=now)
+        reason = f"{barman.destination} cannot be listed ({type(error).__name__}: {error})"
+        return Verdict(False, f"{reason}; {verdict.description}", None), status, None
+    return judge(status, archived, max_age_seconds=max_age_seconds, now=now), status, archived
+
+
 def next_segment(segment: str, segment_bytes: int) -> str:
     """The WAL segment after `segment` (timeline, log, seg) for segments of `segment_bytes`."""
     per_log = 0x100000000 // segment_bytes

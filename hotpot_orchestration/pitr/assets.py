@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.backups.assets import BACKUP, backup_partitions
-from hotpot_orchestration.pitr.archive import archived_wal, archiver_status, judge
+from hotpot_orchestration.pitr.archive import evaluate
 from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
 from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
 from hotpot_orchestration.pitr.runas import RunAsError
@@ -109,12 +109,14 @@ def build_pitr_assets(settings: Settings):
     def wal_archive(
         postgres: PostgresResource, backup_storage: BackupStorageResource, pitr: PitrResource
     ) -> dg.AssetCheckResult:
-        status = archiver_status(postgres.target)
-        archived = archived_wal(backup_storage.client(), pitr.barman())
-        verdict = judge(
-            status, archived, max_age_seconds=pitr.wal_archive_max_age_seconds, now=datetime.now(UTC)
+        verdict, status, archived = evaluate(
+            postgres.target,
+            backup_storage.client(),
+            pitr.barman(),
+            max_age_seconds=pitr.wal_archive_max_age_seconds,
+            now=datetime.now(UTC),
         )
-        newest = archived.newest
+        newest = archived.newest if archived else None
         return dg.AssetCheckResult(
             passed=verdict.passed,
             severity=dg.AssetCheckSeverity.ERROR,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from hotpot_devstack import Postgres, S3Server
+from hotpot_devstack import Postgres, S3Server, free_port
 from hotpot_devstack.postgres import WalArchive
 from hotpot_orchestration.backups.backup import BackupResult, take_backup
 from hotpot_orchestration.pitr.archive import archiver_status
@@ -72,3 +75,65 @@ def archive_everything(server: Postgres, timeout: float = 120) -> str:
 def scratch_root() -> Path:
     """A scratch root the server's unprivileged user can reach (pytest's tmp_path is private to root)."""
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"hotpot-pitr-test-{uuid.uuid4().hex[:8]}"
+
+
+class SwitchableS3(S3Server):
+    """A TCP forwarder on a fixed loopback port in front of another S3Server, that can be taken down
+    (connections refused, open ones cut, as when S3 is unreachable) and brought back on the same port, with
+    everything stored upstream intact. Uses the upstream's credentials and region."""
+
+    name = "s3-switch"
+
+    def __init__(self, upstream: S3Server):
+        super().__init__(region=upstream.region)
+        self.upstream = upstream
+        self.access_key, self.secret_key = upstream.access_key, upstream.secret_key
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        self.port = free_port()
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            self._connections.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # taken down
+            upstream = socket.create_connection((self.upstream.host, self.upstream.port))
+            with self._lock:
+                self._connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def _stop(self) -> None:
+        self.down()
