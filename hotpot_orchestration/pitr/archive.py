@@ -131,9 +131,12 @@ def evaluate(
     try:
         archived = archived_wal(client, barman)
     except Exception as error:  # botocore's connection and client errors alike
-        verdict = judge(status, ArchivedWal({}), max_age_seconds=max_age_seconds, now=now)
         reason = f"{barman.destination} cannot be listed ({type(error).__name__}: {error})"
-        return Verdict(False, f"{reason}; {verdict.description}", None), status, None
+        if status.failing or status.archive_mode == "off":
+            detail = judge(status, ArchivedWal({}), max_age_seconds=max_age_seconds, now=now).description
+        else:
+            detail = f"the archiver's last success: {status.last_archived_wal or '(none)'}"
+        return Verdict(False, f"{reason}; {detail}", None), status, None
     return judge(status, archived, max_age_seconds=max_age_seconds, now=now), status, archived
 
 
