@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
 from .nginx import Nginx
-from .postgres import Postgres
+from .postgres import Postgres, WalArchive
 from .prometheus import Prometheus
 from .registry import Registry
 from .release_target import API_JOB, ReleaseTarget
@@ -16,6 +16,9 @@ from .sample_api import SAMPLE_APP_DIR, SampleApi
 from .traffic import Traffic
 
 BACKUP_BUCKET = "thehotpotspot-backups"
+# Where the server archives its WAL (barman-cloud's layout), as the settings' defaults name it.
+PITR_PREFIX = "pitr/"
+BARMAN_SERVER_NAME = "hotpot-db"
 TRAFFIC_RATE = 20.0  # requests per second: enough for the default plan's min_requests at a 20 % weight
 TRAFFIC_SECONDS = 3600.0
 # Hits kept for inspection: the last ten minutes at the default rate.
@@ -34,8 +37,11 @@ class DevStack:
         traffic_seconds: float = TRAFFIC_SECONDS,
         sample_size: str = "small",
     ) -> None:
-        self.postgres = Postgres()
         self.s3 = S3Server()
+        # WAL archived to the stack's S3, as CloudNativePG does in production: point-in-time drills work.
+        self.postgres = Postgres(
+            wal_archive=WalArchive(self.s3, BACKUP_BUCKET, PITR_PREFIX, BARMAN_SERVER_NAME)
+        )
         self.registry = Registry()
         self.sample_api = SampleApi()
         self.release_target: ReleaseTarget | None = None
@@ -62,11 +68,16 @@ class DevStack:
         self.sample_api.start()
         self.release_target = ReleaseTarget(self.sample_api.addresses).start()
 
+    def _start_database(self) -> None:
+        self.s3.start()
+        self.postgres.start()
+
     def start(self) -> Self:
         try:
             # In parallel: each start is mostly waiting for a child process to get ready.
             with ThreadPoolExecutor(4) as pool:
-                starts = [self.postgres.start, self.s3.start, self.registry.start, self._start_release_target]
+                # PostgreSQL archives into S3 from its first segment on: S3 comes first.
+                starts = [self._start_database, self.registry.start, self._start_release_target]
                 for future in [pool.submit(start) for start in starts]:
                     future.result()
             seed_sample(self.postgres, SAMPLE_DATABASE, self.sample_size)
@@ -107,6 +118,8 @@ class DevStack:
             "HOTPOT_DRILL_DATABASE_URL": self.postgres.url,
             "HOTPOT_PG_BIN_DIR": str(self.postgres.bin_dir),
             "HOTPOT_BACKUP_BUCKET": BACKUP_BUCKET,
+            "HOTPOT_PITR_PREFIX": PITR_PREFIX,
+            "HOTPOT_BARMAN_SERVER_NAME": BARMAN_SERVER_NAME,
             **self.s3.env(),
             "HOTPOT_REGISTRY": self.registry.host,
             "HOTPOT_APP_SOURCE": str(SAMPLE_APP_DIR),

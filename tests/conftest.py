@@ -10,6 +10,8 @@ Function-scoped:
   s3_server        each test twice: once with `s3` (moto), once with `seaweedfs`
   fresh_s3         a private S3Server the test may stop ("S3 is down")
   sample_database  name of a new database on `postgres` seeded with the sample schema, dropped afterwards
+  archiving_postgres  a Postgres of its own archiving WAL with barman-cloud into `s3` (a prefix of its own
+                   in support.pitr.BUCKET; .wal_archive says where), stopped after the test
   nginx_factory    nginx_factory(upstreams, **Nginx options) -> a started Nginx, stopped after the test
   http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
   webhook_receiver webhook_receiver(fail_next=0) -> a Slack-like webhook on loopback recording what it gets
@@ -81,6 +83,14 @@ def prometheus() -> Iterator[Prometheus]:
 @pytest.fixture
 def fresh_s3() -> Iterator[S3Server]:
     with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def archiving_postgres(s3: S3Server) -> Iterator[Postgres]:
+    from support.pitr import archiving_server
+
+    with archiving_server(s3) as server:
         yield server
 
 

@@ -7,7 +7,6 @@ import shutil
 import pytest
 from support.pitr import (
     archive_everything,
-    archiving_server,
     barman_of,
     env_of,
     logical_backup,
@@ -23,14 +22,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def source(s3):
+def source(archiving_postgres, s3):
     """An archiving server with the sample database, its first base backup taken."""
-    with archiving_server(s3) as server:
-        seed_sample(server, "app")
-        take_base_backup(
-            barman_of(server), PgTarget.from_url(server.url), s3.client(), label="test", env=s3.env()
-        )
-        yield server
+    server = archiving_postgres
+    seed_sample(server, "app")
+    take_base_backup(
+        barman_of(server), PgTarget.from_url(server.url), s3.client(), label="test", env=s3.env()
+    )
+    yield server
 
 
 @pytest.fixture

@@ -151,15 +151,15 @@ def _servers_under(root: Path) -> list[int]:
 
 
 @pytest.fixture
-def source(s3):
-    with archiving_server(s3) as server:
-        seed_sample(server, "app")
-        take_base_backup(
-            barman_of(server), PgTarget.from_url(server.url), s3.client(), label="test", env=s3.env()
-        )
-        logical_backup(server, "app")
-        archive_everything(server)
-        yield server
+def source(archiving_postgres, s3):
+    server = archiving_postgres
+    seed_sample(server, "app")
+    take_base_backup(
+        barman_of(server), PgTarget.from_url(server.url), s3.client(), label="test", env=s3.env()
+    )
+    logical_backup(server, "app")
+    archive_everything(server)
+    yield server
 
 
 def test_a_killed_drill_leaves_no_scratch_server_or_directory(source, root):
