@@ -62,8 +62,9 @@ def test_drill_recovers_the_logical_backups_restore_point_exactly_then_the_lates
         conn.execute("INSERT INTO after_base SELECT generate_series(501, 800)")
         conn.execute("CREATE TABLE after_logical (n int)")
         conn.execute("INSERT INTO after_logical VALUES (1)")
-        newest = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()[0]
     archive_everything(source)
+    with source.connect() as conn:
+        newest = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()[0]
 
     result = drill(source, root)
 
