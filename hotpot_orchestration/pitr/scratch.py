@@ -172,7 +172,9 @@ class ScratchServer:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
         if self._janitor is not None:
-            self._janitor.wait(timeout=10)  # it exits once the directory is gone
+            # It exits within a poll once the directory is gone; a late one must not hide the drill's error.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._janitor.wait(timeout=10)
             self._janitor = None
 
     @property
