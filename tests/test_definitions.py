@@ -200,3 +200,39 @@ def test_launch_time_run_config_cannot_change_what_a_run_uses(defs, resource, fi
     config = {"resources": {resource: {"config": {field: value}}}}
     with pytest.raises(dg.DagsterInvalidConfigError, match=f'unexpected config entry "{field}"'):
         job.execute_in_process(run_config=config, instance=dg.DagsterInstance.ephemeral())
+
+
+class _Greeting(dg.ConfigurableResource):
+    word: str
+
+
+def test_a_locked_resource_reads_its_environment_per_run_within_the_runs_own_instance(monkeypatch):
+    """Its EnvVar is read when a run starts, and it is initialized with that run's instance.
+
+    Initializing it outside the run (an ephemeral instance of its own, closed whenever Python collects
+    it) once left Dagster's current-instance context pointing at an instance already gone, and every
+    later load of the definitions in that process failed.
+    """
+    import gc
+
+    from dagster._core.storage.defs_state.base import DefsStateStorage  # Dagster's current-instance context
+
+    from hotpot_orchestration.platform.resources import LockedResource
+
+    @dg.asset
+    def greeting(context: dg.AssetExecutionContext, greet: _Greeting) -> str:
+        return f"{greet.word} from run {context.run_id}"
+
+    job = dg.Definitions(
+        assets=[greeting], resources={"greet": LockedResource(_Greeting(word=dg.EnvVar("HOTPOT_TEST_WORD")))}
+    ).resolve_implicit_global_asset_job_def()
+    words = []
+    for word in ("hello", "again"):
+        monkeypatch.setenv("HOTPOT_TEST_WORD", word)
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance)
+        words.append(result.output_for_node("greeting").split()[0])
+        gc.collect()
+        assert DefsStateStorage.get() is None, "a closed instance is still Dagster's current one"
+    assert words == ["hello", "again"]
+    build_definitions(load_settings({})).resolve_job_def("rollback_job")

@@ -71,9 +71,15 @@ class LockedResource(dg.ResourceDefinition):
     """
 
     def __init__(self, resource: dg.ConfigurableResource) -> None:
-        super().__init__(
-            resource_fn=lambda _context: resource.process_config_and_initialize(),
+        # The run's own config is mapped to the values loaded here; Dagster then resolves their EnvVars
+        # and initializes the resource with the run's context, as for any resource.
+        locked = resource.get_resource_definition().configured(
+            lambda _empty: resource._convert_to_config_dictionary(),  # noqa: SLF001 (EnvVars as env sources)
             config_schema={},
+        )
+        super().__init__(
+            resource_fn=locked.resource_fn,
+            config_schema=locked.config_schema,
             description=type(resource).__doc__,
         )
         self.resource = resource
