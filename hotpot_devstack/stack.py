@@ -72,6 +72,11 @@ class DevStack:
         self.s3.start()
         self.postgres.start()
 
+    def _stop_database(self) -> None:
+        # PostgreSQL's shutdown archives its last WAL segment: S3 must still answer until it is down.
+        self.postgres.stop()
+        self.s3.stop()
+
     def start(self) -> Self:
         try:
             # In parallel: each start is mostly waiting for a child process to get ready.
@@ -98,7 +103,7 @@ class DevStack:
         if self.traffic is not None:
             self.traffic.stop()
         # In parallel, as they start: each stop is mostly waiting for a process to exit (10 s for all).
-        stops = [service.stop for service in (self.sample_api, self.registry, self.s3, self.postgres)]
+        stops = [self.sample_api.stop, self.registry.stop, self._stop_database]
         if self.release_target is not None:
             stops.append(self.release_target.stop)
         with ThreadPoolExecutor(len(stops)) as pool:
