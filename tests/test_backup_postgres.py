@@ -347,18 +347,26 @@ def test_row_counts_failing_after_the_object_appeared_leave_nothing_behind(
 ):
     """The counts run while S3 assembles the object; if they fail, the complete object is deleted again.
 
-    The test takes an exclusive lock on the table while pg_dump is streaming. The lock is granted when
+    The test takes an exclusive lock on the table while pg_dump copies it out. The lock is granted when
     pg_dump exits, so the count of that table waits on it; the test then terminates the counting backend.
     """
     run_sql(postgres, database, BIG_TABLE)
     client = s3_server.client()
     terminated = []
 
+    def copying_big(admin) -> bool:
+        return bool(
+            admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY public.big %%'",
+                (database,),
+            ).fetchall()
+        )
+
     def block_then_kill_the_count():
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not client.list_multipart_uploads(Bucket=bucket).get("Uploads"):
-            time.sleep(0.02)
         with postgres.connect(database) as locker, postgres.connect() as admin:
+            while time.monotonic() < deadline and not copying_big(admin):
+                time.sleep(0.01)
             locker.execute("BEGIN")
             locker.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")  # granted once pg_dump exits
             while time.monotonic() < deadline and not terminated:
