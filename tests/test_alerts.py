@@ -34,8 +34,18 @@ def failing_job():
     load_orders()
 
 
-def failure_context(instance: dg.DagsterInstance, webhook: AlertWebhookResource):
-    result = failing_job.execute_in_process(instance=instance, raise_on_error=False)
+@dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+def upload_dump():
+    raise dg.Failure("S3 at http://127.0.0.1:9 is unreachable: check AWS_ENDPOINT_URL")
+
+
+@dg.job
+def retried_job():
+    upload_dump()
+
+
+def failure_context(instance: dg.DagsterInstance, webhook: AlertWebhookResource, job=failing_job):
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     run = instance.get_run_by_id(result.run_id)
     records = instance.get_records_for_run(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
@@ -63,6 +73,18 @@ def test_one_slack_message_per_failed_run_without_secrets(webhook_receiver):
         assert "second line" not in text
         assert f"http://dagster.example:3000/runs/{context.dagster_run.run_id}" in text
         assert SECRET not in text
+
+
+def test_a_step_whose_retries_ran_out_is_alerted_with_its_last_error(webhook_receiver):
+    receiver = webhook_receiver()
+    webhook = AlertWebhookResource(url=receiver.url)
+    with dg.instance_for_test() as instance:
+        run_failure_alert_sensor(failure_context(instance, webhook, job=retried_job))
+    [message] = receiver.messages
+    assert message["text"].endswith(
+        "retried_job failed at upload_dump: S3 at http://127.0.0.1:9 is unreachable:"
+        " check AWS_ENDPOINT_URL (exceeded max_retries of 1)"
+    ), message["text"]
 
 
 def test_webhook_down_is_retried_then_logged_without_crashing(webhook_receiver):

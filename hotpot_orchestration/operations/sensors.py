@@ -27,10 +27,20 @@ def failed_run_from(context: dg.RunFailureSensorContext, ui_url: str) -> FailedR
         step, error = first.step_key, first.event_specific_data.error
     else:
         step, error = None, context.failure_event.event_specific_data.error
+    # A step whose RetryPolicy gave up fails with "Exceeded max_retries of N"; the last attempt's own
+    # error, under it, is what says what to fix.
+    gave_up = ""
+    if error and error.cls_name == "RetryRequestedFromPolicy" and error.cause:
+        gave_up, error = error.message.strip(), error.cause
     # Dagster wraps an op's exception; operators want the exception itself.
     while error and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
         error = error.cause
     message = error.message if error else (context.failure_event.message or "")
+    if error and error.cls_name == "Failure":  # our own Failure's description is the message itself
+        message = message.partition(": ")[2] or message
+    if gave_up:
+        first, _, rest = message.strip().partition("\n")
+        message = f"{first} ({gave_up.lower()})\n{rest}"
     return FailedRun(
         job_name=run.job_name,
         run_id=run.run_id,
