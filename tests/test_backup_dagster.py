@@ -35,7 +35,8 @@ from hotpot_orchestration.settings import load_settings
 pytestmark = pytest.mark.slow
 
 PREFIX = "database/"
-LOCAL_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+INSTANCE_FILES = {"local": ROOT / "dagster.yaml", "production": ROOT / "deploy" / "dagster.yaml"}
 NO_RETRY_TAG = "dagster/retry_on_asset_or_op_failure"
 
 
@@ -332,18 +333,19 @@ def test_backups_of_one_database_queue_behind_each_other(monkeypatch, postgres, 
     # Declared on the job, not added to a run while it fails: the step's RetryPolicy retries what may pass,
     # the instance's run retries never replay a failed step.
     assert tags[NO_RETRY_TAG] == "false"
-    limits = yaml.safe_load(LOCAL_YAML.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
-    # Dagster's own run queue counter, fed dagster.yaml's limits, as the daemon dequeues runs.
-    counter = TagConcurrencyLimitsCounter(limits, [])
-    counter.update_counters_with_launched_item(
-        DagsterRun(job_name="nightly_backup_job", run_id="a", tags=tags)
-    )
     manual = DagsterRun(job_name="nightly_backup_job", run_id="b", tags=tags)  # launched by hand
     other_database = DagsterRun(
         job_name="nightly_backup_job", run_id="c", tags={**tags, BACKUP_DATABASE_TAG: "x"}
     )
-    assert counter.is_blocked(manual)
-    assert not counter.is_blocked(other_database)
+    for name, path in INSTANCE_FILES.items():
+        limits = yaml.safe_load(path.read_text())["run_coordinator"]["config"]["tag_concurrency_limits"]
+        # Dagster's own run queue counter, fed the instance file's limits, as the daemon dequeues runs.
+        counter = TagConcurrencyLimitsCounter(limits, [])
+        counter.update_counters_with_launched_item(
+            DagsterRun(job_name="nightly_backup_job", run_id="a", tags=tags)
+        )
+        assert counter.is_blocked(manual), f"{name} instance ({path}) lets two backups of one database run"
+        assert not counter.is_blocked(other_database), f"{name} instance blocks another database's backup"
 
 
 def test_s3_attempts_are_what_max_attempts_says():
