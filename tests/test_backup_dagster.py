@@ -1,6 +1,7 @@
 """postgres_backup, its checks, backup_retention and the nightly job, run through Dagster against real
 PostgreSQL and S3 (moto's server and SeaweedFS), configured from the environment as in production."""
 
+import json
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from hotpot_orchestration.backups.stream import same_s3_checksum
 from hotpot_orchestration.definitions import build_resources
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource
+from hotpot_orchestration.platform.units import format_bytes, format_duration
 from hotpot_orchestration.restores.procedure import RestoreOptions, restore_backup
 from hotpot_orchestration.settings import load_settings
 
@@ -158,8 +160,31 @@ def test_nightly_job_backs_up_verifies_and_prunes(monkeypatch, postgres, s3_serv
         assert conn.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == next(
             t["rows"] for t in manifest["tables"] if (t["schema"], t["name"]) == ("sales", "orders")
         )
-    assert meta["compression_ratio"] == pytest.approx(meta["database_bytes"] / meta["dump_bytes"], rel=1e-3)
+        # What the dump holds: the dumped tables' heap and TOAST, no indexes (autovacuum may since have
+        # added a visibility map, hence approx).
+        table_data_bytes = conn.execute(
+            "SELECT sum(pg_table_size(format('%%I.%%I', t->>'schema', t->>'name')::regclass))::bigint"
+            " FROM jsonb_array_elements(%s::jsonb) t",
+            [json.dumps(manifest["tables"])],
+        ).fetchone()[0]
+    assert meta["table_data_bytes"] == manifest["table_data_bytes"]
+    assert meta["table_data_bytes"] == pytest.approx(table_data_bytes, rel=0.25)
+    assert 0 < meta["table_data_bytes"] < meta["database_bytes"]
+    assert meta["compression_ratio"] == pytest.approx(meta["table_data_bytes"] / meta["dump_bytes"], rel=1e-3)
+    assert 1 < meta["compression_ratio"] < 50
+    assert meta["compression_ratio_of"] == "table data (heap + TOAST, no indexes) per dump byte"
+    # Readable companions of the raw numbers.
+    assert meta["dump_size"] == format_bytes(meta["dump_bytes"])
+    assert meta["database_size"] == format_bytes(meta["database_bytes"])
+    assert meta["table_data_size"] == format_bytes(meta["table_data_bytes"])
+    assert meta["dump_size"].endswith(("B", "KiB", "MiB", "GiB"))
     assert meta["duration_seconds"] > 0
+    assert meta["duration"] in {format_duration(meta["duration_seconds"] + d) for d in (-0.001, 0, 0.001)}
+    print(
+        f"compression_ratio {meta['compression_ratio']} ({meta['table_data_size']} of table data, dump "
+        f"{meta['dump_size']}); the whole database ({meta['database_size']}) per dump byte: "
+        f"{meta['database_bytes'] / meta['dump_bytes']:.3f}; duration {meta['duration']}"
+    )
     assert meta["mb_per_second"] == pytest.approx(
         meta["dump_bytes"] / 1e6 / meta["duration_seconds"], rel=1e-2
     )

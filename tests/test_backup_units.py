@@ -97,7 +97,7 @@ def test_manifest_fields_are_the_contract():
     assert list(manifest) == [
         "format", "database", "partition", "created_at", "dump_key", "dump_bytes", "sha256", "part_bytes",
         "s3_checksum_sha256", "compression", "server_version", "server_version_num", "pg_dump_version",
-        "snapshot", "tables", "sequences", "extensions", "large_objects",
+        "snapshot", "tables", "sequences", "extensions", "large_objects", "table_data_bytes",
         "restore_point", "verification",
     ]  # fmt: skip
     assert manifest["format"] == "hotpot-backup-manifest/1"

@@ -11,6 +11,7 @@ from hotpot_devstack import seed_sample
 from hotpot_orchestration.pitr import build_defs
 from hotpot_orchestration.pitr.assets import PitrResource, build_pitr_assets
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.units import format_bytes
 from hotpot_orchestration.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,8 @@ def test_physical_backup_check_retention_and_pitr_drill(archiving_postgres, reso
     (backup,) = result.asset_materializations_for_node("physical_backup")
     metadata = {key: value.value for key, value in backup.metadata.items()}
     assert metadata["stored_bytes"] > 0 and metadata["duration_seconds"] > 0
+    assert metadata["stored_size"] == format_bytes(metadata["stored_bytes"])
+    assert metadata["duration"].endswith(" s")
     assert metadata["begin_wal"] <= metadata["end_wal"] and "/" in metadata["end_lsn"]
     (check,) = result.get_asset_check_evaluations()
     assert check.check_name == "wal_archive" and check.passed, check.description

@@ -8,6 +8,7 @@ import pytest
 
 from hotpot_orchestration.pitr.archive import ArchivedWal, ArchiverStatus, first_gap, judge, next_segment
 from hotpot_orchestration.pitr.barman import BarmanCloud
+from hotpot_orchestration.pitr.physical import BaseBackup
 from hotpot_orchestration.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -90,3 +91,15 @@ def test_pitr_settings_defaults_and_bounds():
     )
     assert "HOTPOT_PITR_RECOVERY_WINDOW_DAYS='1000000' is not valid" in message
     assert "HOTPOT_BARMAN_SERVER_NAME='no/slash' is not valid" in message
+
+
+def test_base_backup_metadata_shows_sizes_and_duration_beside_the_raw_numbers():
+    info = {"cluster_size": 3 * 2**30 // 2, "begin_wal": "000000010000000000000002", "version": 180006}
+    backup = BaseBackup("20260301T120000", "hotpot-2026-03-01", info, stored_bytes=52_428_800, seconds=252.3)
+    metadata = backup.metadata
+    assert (metadata["stored_bytes"], metadata["stored_size"]) == (52_428_800, "50.0 MiB")
+    assert (metadata["cluster_bytes"], metadata["cluster_size"]) == (1_610_612_736, "1.5 GiB")
+    assert (metadata["duration_seconds"], metadata["duration"]) == (252.3, "4 min 12 s")
+    unsized = BaseBackup("id", "name", {}, stored_bytes=0, seconds=3.44).metadata
+    assert (unsized["cluster_bytes"], unsized["cluster_size"], unsized["stored_size"]) == (None, None, "0 B")
+    assert unsized["duration"] == "3.4 s"

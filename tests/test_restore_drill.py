@@ -25,6 +25,7 @@ from hotpot_devstack.backups import take_verified_backup
 from hotpot_orchestration.backups.catalog import Backup, latest_backup, write_manifest
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.units import format_bytes, format_duration
 from hotpot_orchestration.restores import (
     DRILL_PASSED,
     DRILL_RECENT,
@@ -143,6 +144,18 @@ def test_drill_round_trips_a_backup_with_exact_counts(postgres, s3, bucket, sour
         metadata["download_seconds"] + metadata["restore_seconds"] + metadata["verify_seconds"], abs=0.05
     )
     assert 0 <= metadata["rpo_hours"] < 1
+    assert metadata["dump_bytes"] == backup.manifest["dump_bytes"]
+    assert metadata["dump_size"] == format_bytes(metadata["dump_bytes"])
+    readable = {
+        "rto_seconds": "rto",
+        "download_seconds": "download_duration",
+        "restore_seconds": "restore_duration",
+        "verify_seconds": "verify_duration",
+    }
+    for raw, text in readable.items():
+        # The raw figure is rounded to hundredths, the text is of the unrounded one.
+        shown = {format_duration(max(metadata[raw] + d, 0)) for d in (-0.005, 0, 0.005)}
+        assert metadata[text] in shown, (raw, metadata[raw], metadata[text])
     assert metadata["backup"] == f"s3://{bucket}/{backup.dump_key}"
     assert metadata["scratch_database"].startswith("hotpot_drill_")
     checks = check_evaluations(result)

@@ -17,6 +17,7 @@ from hotpot_orchestration.backups.retention import plan_retention
 from hotpot_orchestration.backups.stream import Progress
 from hotpot_orchestration.platform.pg import PgToolError
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.units import format_bytes, format_duration
 from hotpot_orchestration.settings import Settings
 
 URL_VARIABLE = "HOTPOT_DATABASE_URL"
@@ -47,6 +48,10 @@ BACKUP_RETRY = dg.RetryPolicy(
 def failure(message: str, *, transient: bool = False) -> dg.Failure:
     """The step's failure: retried by the step's RetryPolicy only when it may pass by itself."""
     return dg.Failure(description=message, allow_retries=transient)
+
+
+# What `compression_ratio` compares, shown beside it.
+COMPRESSION_RATIO_OF = "table data (heap + TOAST, no indexes) per dump byte"
 
 
 def orphan_metadata(orphans: Orphans) -> dict[str, dg.MetadataValue]:
@@ -82,7 +87,9 @@ def build_backup_assets(
         description=(
             f"A pg_dump (custom format) of {URL_VARIABLE}, streamed into S3 with a manifest of the same "
             "snapshot (exact row counts, versions, size, SHA-256). One per day in HOTPOT_TIMEZONE; only "
-            "the latest partition can be materialized."
+            "the latest partition can be materialized. Sizes and the duration are shown in bytes and "
+            "seconds (for plots) and in KiB/MiB/GiB and minutes; compression_ratio is the dumped tables' "
+            "data (pg_table_size: heap + TOAST, no indexes) per dump byte."
         ),
         retry_policy=retry_policy,
     )
@@ -96,7 +103,7 @@ def build_backup_assets(
 
         def progress(done: Progress) -> None:
             context.log.info(
-                f"uploaded {done.bytes / 2**20:,.1f} MiB in {done.seconds:,.0f} s "
+                f"uploaded {format_bytes(done.bytes)} in {format_duration(done.seconds)} "
                 f"({done.bytes_per_second / 1e6:,.1f} MB/s)"
             )
 
@@ -125,18 +132,27 @@ def build_backup_assets(
         seconds = time.monotonic() - started
         manifest = result.manifest
         context.log.info(
-            f"stored s3://{result.bucket}/{manifest['dump_key']}: {result.dump_bytes:,} bytes, "
-            f"{len(manifest['tables'])} tables, {result.rows:,} rows, in {seconds:,.1f} s"
+            f"stored s3://{result.bucket}/{manifest['dump_key']}: {format_bytes(result.dump_bytes)} "
+            f"({result.dump_bytes:,} bytes), {len(manifest['tables'])} tables, {result.rows:,} rows, in "
+            f"{format_duration(seconds)}"
         )
         return dg.MaterializeResult(
             metadata={
+                # Raw numbers for the plots, each with its readable companion.
                 "dump_bytes": dg.MetadataValue.int(result.dump_bytes),
+                "dump_size": dg.MetadataValue.text(format_bytes(result.dump_bytes)),
+                # The whole database on disk (pg_database_size): indexes, free space and catalogs too.
                 "database_bytes": dg.MetadataValue.int(result.database_bytes),
-                # How many times smaller than the database (pg_database_size) the dump is.
+                "database_size": dg.MetadataValue.text(format_bytes(result.database_bytes)),
+                # What the dump holds: the dumped tables' heap and TOAST (pg_table_size), no indexes.
+                "table_data_bytes": dg.MetadataValue.int(result.table_data_bytes),
+                "table_data_size": dg.MetadataValue.text(format_bytes(result.table_data_bytes)),
                 "compression_ratio": dg.MetadataValue.float(
-                    round(result.database_bytes / max(result.dump_bytes, 1), 3)
+                    round(result.table_data_bytes / max(result.dump_bytes, 1), 3)
                 ),
+                "compression_ratio_of": dg.MetadataValue.text(COMPRESSION_RATIO_OF),
                 "duration_seconds": dg.MetadataValue.float(round(seconds, 3)),
+                "duration": dg.MetadataValue.text(format_duration(seconds)),
                 # Dump bytes stored per second, from the snapshot to the manifest (to 4 significant
                 # digits: a small database's rate is a fraction of a MB/s).
                 "mb_per_second": dg.MetadataValue.float(

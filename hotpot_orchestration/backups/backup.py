@@ -131,6 +131,8 @@ class BackupResult:
     manifest: dict[str, Any]
     manifest_key: str
     database_bytes: int
+    # The dumped tables' data size (pg_table_size: heap + TOAST, no indexes), from the same snapshot.
+    table_data_bytes: int
     part_size: int
     parts: int
     orphans: Orphans
@@ -337,6 +339,7 @@ def take_backup(
                     extensions=inventory.extensions,
                     large_objects=inventory.large_objects,
                     restore_point=snapshot.restore_point,
+                    table_data_bytes=inventory.table_data_bytes,
                 )
                 with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
                     write_manifest(client, bucket, manifest_key, manifest, encryption)
@@ -358,6 +361,7 @@ def take_backup(
             manifest=manifest,
             manifest_key=manifest_key,
             database_bytes=snapshot.database_bytes,
+            table_data_bytes=inventory.table_data_bytes,
             part_size=uploaded.part_size,
             parts=uploaded.parts,
             orphans=orphans,

@@ -75,9 +75,12 @@ def new_manifest(
     extensions: list[dict[str, Any]],
     large_objects: int,
     restore_point: dict[str, str] | None = None,
+    table_data_bytes: int | None = None,
 ) -> dict[str, Any]:
     """A manifest in the contract's field order; `verification` stays null until the archive is read back.
-    `restore_point` ({"name", "lsn"}) names the snapshot's WAL position for point-in-time drills."""
+    `restore_point` ({"name", "lsn"}) names the snapshot's WAL position for point-in-time drills.
+    `table_data_bytes` is the dumped tables' data size (pg_table_size: heap + TOAST, no indexes) in the
+    snapshot; manifests written before it was recorded lack it, so readers use `.get`."""
     return {
         "format": MANIFEST_FORMAT,
         "database": database,
@@ -98,6 +101,7 @@ def new_manifest(
         "sequences": sequences,
         "extensions": extensions,
         "large_objects": large_objects,
+        "table_data_bytes": table_data_bytes,
         "restore_point": restore_point,
         "verification": None,
     }

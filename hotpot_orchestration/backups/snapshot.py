@@ -25,7 +25,7 @@ from hotpot_orchestration.platform.pg import PgTarget
 # of an extension, plus an extension's configuration tables (pg_extension_config_dump), whose rows pg_dump
 # dumps filtered by the extension's condition. Temporary relations of other sessions are not dumped.
 _RELATIONS = """
-SELECT n.nspname, c.relname, c.relkind::text, config.condition
+SELECT n.nspname, c.relname, c.relkind::text, config.condition, c.oid
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN LATERAL (
@@ -56,6 +56,8 @@ class Inventory:
     sequences: list[dict[str, Any]]
     extensions: list[dict[str, Any]]
     large_objects: int
+    # The dumped tables' data on disk (pg_table_size: heap + TOAST, no indexes): what the dump holds.
+    table_data_bytes: int = 0
 
     @property
     def rows(self) -> int:
@@ -152,7 +154,8 @@ class ExportedSnapshot:
         return self.server_version_num // 10000
 
     def inventory(self) -> Inventory:
-        """Exact row counts of every dumped table, sequence states, extensions and large objects."""
+        """Exact row counts of every dumped table, sequence states, extensions, large objects and the
+        tables' data size."""
         import psycopg
 
         try:
@@ -162,8 +165,8 @@ class ExportedSnapshot:
 
     def _inventory(self) -> Inventory:
         conn = self._conn
-        tables, sequences = [], []
-        for schema, name, kind, condition in conn.execute(_RELATIONS).fetchall():
+        tables, sequences, table_data_bytes = [], [], 0
+        for schema, name, kind, condition, oid in conn.execute(_RELATIONS).fetchall():
             relation = sql.Identifier(schema, name)
             if kind == "S":
                 last_value, is_called = conn.execute(
@@ -177,9 +180,13 @@ class ExportedSnapshot:
             # filter, text pg_dump runs verbatim too.
             count = sql.SQL("SELECT count(*) FROM ONLY {} ").format(relation) + sql.SQL(condition or "")
             tables.append({"schema": schema, "name": name, "rows": conn.execute(count).fetchone()[0]})
+            # The data the dump holds: heap and TOAST (pg_table_size), no indexes. After the count, which
+            # holds the table's lock until the snapshot ends: the size waits for no other lock.
+            size = conn.execute("SELECT pg_table_size(%s::oid)", (oid,)).fetchone()[0]
+            table_data_bytes += size or 0
         extensions = [
             {"name": name, "version": version}
             for name, version in conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")
         ]
         large_objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
-        return Inventory(tables, sequences, extensions, large_objects)
+        return Inventory(tables, sequences, extensions, large_objects, table_data_bytes)

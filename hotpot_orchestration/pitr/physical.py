@@ -14,6 +14,7 @@ from typing import Any
 
 from hotpot_orchestration.pitr.barman import BarmanCloud, run
 from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.platform.units import format_bytes, format_duration
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,18 @@ class BaseBackup:
 
     @property
     def metadata(self) -> dict[str, Any]:
+        """Bytes and seconds for the plots, each with its readable companion; None where barman said
+        nothing."""
+        cluster_bytes = self.info.get("cluster_size")
         return {
             "backup_id": self.backup_id,
             "backup_name": self.name,
             "stored_bytes": self.stored_bytes,
-            "cluster_bytes": self.info.get("cluster_size"),
+            "stored_size": format_bytes(self.stored_bytes),
+            "cluster_bytes": cluster_bytes,
+            "cluster_size": format_bytes(cluster_bytes) if isinstance(cluster_bytes, int) else None,
             "duration_seconds": round(self.seconds, 1),
+            "duration": format_duration(self.seconds),
             "begin_wal": self.info.get("begin_wal"),
             "end_wal": self.info.get("end_wal"),
             "begin_lsn": self.info.get("begin_xlog"),

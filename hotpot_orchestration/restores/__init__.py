@@ -13,6 +13,7 @@ from pydantic import Field
 
 from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
+from hotpot_orchestration.platform.units import format_bytes, format_duration
 from hotpot_orchestration.restores.errors import DEFAULT_LOCK_TIMEOUT_SECONDS, RestoreError
 from hotpot_orchestration.settings import Settings, load_settings
 
@@ -100,12 +101,18 @@ def _report_metadata(report, bucket: str) -> dict[str, object]:
         "backup_created_at": report.backup.created_at.isoformat(),
         "sha256": report.backup.manifest["sha256"],
         "scratch_database": report.scratch_database or "(not created)",
+        # Seconds and bytes for the plots, each with its readable companion.
         "rto_seconds": dg.MetadataValue.float(round(report.rto_seconds, 2)),
+        "rto": format_duration(report.rto_seconds),
         "download_seconds": dg.MetadataValue.float(round(report.download_seconds, 2)),
+        "download_duration": format_duration(report.download_seconds),
         "restore_seconds": dg.MetadataValue.float(round(report.restore_seconds, 2)),
+        "restore_duration": format_duration(report.restore_seconds),
         "verify_seconds": dg.MetadataValue.float(round(report.verify_seconds, 2)),
+        "verify_duration": format_duration(report.verify_seconds),
         "rpo_hours": dg.MetadataValue.float(round(report.backup_age_seconds / 3600, 3)),
         "dump_bytes": dg.MetadataValue.int(report.dump_bytes),
+        "dump_size": format_bytes(report.dump_bytes),
         "download_mb_per_second": dg.MetadataValue.float(round(megabytes_per_second, 1)),
         "tables_verified": dg.MetadataValue.int(report.tables),
         "rows_verified": dg.MetadataValue.int(report.rows),
