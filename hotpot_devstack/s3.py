@@ -153,22 +153,26 @@ class FaultyS3Proxy(S3Server):
     fault="stall": every UploadPart is read in full and never answered (until the proxy stops).
     fault="corrupt": the first UploadPart's body gets one byte flipped on the way, as a bad NIC or
     middlebox would; S3 implementations that check part checksums refuse it.
+    fault="none": everything passes, for a test that acts once a part is stored (not every S3
+    implementation lists the uploads in progress).
 
-    `parts_received` counts the UploadPart requests that reached the proxy. The proxy uses the upstream's
-    credentials and region, so `client()` and `env()` work as for the upstream.
+    `parts_received` counts the UploadPart requests that reached the proxy, `parts_stored` those the
+    upstream accepted. The proxy uses the upstream's credentials and region, so `client()` and `env()` work
+    as for the upstream.
     """
 
     name = "s3-proxy"
 
     def __init__(self, upstream: S3Server, fault: str):
-        if fault not in ("stall", "corrupt"):
-            raise ValueError(f"unknown fault {fault!r}: stall or corrupt")
+        if fault not in ("stall", "corrupt", "none"):
+            raise ValueError(f"unknown fault {fault!r}: stall, corrupt or none")
         super().__init__(region=upstream.region)
         self.upstream = upstream
         self.fault = fault
         self.access_key, self.secret_key = upstream.access_key, upstream.secret_key
         self.parts_received = 0
         self.parts_corrupted = 0
+        self.parts_stored = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -183,7 +187,8 @@ class FaultyS3Proxy(S3Server):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 query = parse_qs(urlsplit(self.path).query)
-                if self.command == "PUT" and "partNumber" in query and "uploadId" in query:
+                is_part = self.command == "PUT" and "partNumber" in query and "uploadId" in query
+                if is_part:
                     body = proxy._interfere(body)
                 upstream = http.client.HTTPConnection(proxy.upstream.host, proxy.upstream.port, timeout=120)
                 try:
@@ -193,6 +198,9 @@ class FaultyS3Proxy(S3Server):
                     payload = response.read()
                 finally:
                     upstream.close()
+                if is_part and response.status == 200:
+                    with proxy._lock:
+                        proxy.parts_stored += 1
                 self.send_response_only(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in ("transfer-encoding", "connection", "content-length"):

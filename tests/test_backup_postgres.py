@@ -317,24 +317,23 @@ def test_killing_the_dump_mid_stream_leaves_no_object_and_no_upload(postgres, s3
     client = s3_server.client()
     terminated = []
 
-    def terminate_after_first_part():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-                parts = client.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                if parts.get("Parts"):
-                    with postgres.connect() as conn:
-                        terminated.extend(
-                            conn.execute(
-                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                "WHERE datname = %s AND application_name = 'pg_dump'",
-                                (database,),
-                            ).fetchall()
-                        )
-                    return
-            time.sleep(0.02)
+    with FaultyS3Proxy(s3_server, "none") as watching:
 
-    message = str(backup_failing_while(terminate_after_first_part, postgres, s3_server, bucket, database))
+        def terminate_after_first_part():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not watching.parts_stored:
+                time.sleep(0.01)
+            with postgres.connect() as conn:
+                terminated.extend(
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND application_name = 'pg_dump'",
+                        (database,),
+                    ).fetchall()
+                )
+
+        message = str(backup_failing_while(terminate_after_first_part, postgres, watching, bucket, database))
+    assert watching.parts_stored >= 1
     assert terminated == [(True,)]
     assert "pg_dump exited with code 1" in message and "nothing was stored" in message
     assert "terminat" in message  # pg_dump's own reason, from its stderr
