@@ -59,11 +59,14 @@ def command_line(pid: int) -> str:
 
 
 @pytest.fixture
-def make_dev(tmp_path):
-    """`make dev` from the checkout on a free port; env file, logs and run history under tmp_path."""
+def make_dev(tmp_path, request):
+    """`make dev` from the checkout on a free port; env file, logs and run history under tmp_path.
+
+    The sample is the year of orders an operator gets, unless a test asks for the small one."""
     out = tmp_path / "make-dev.log"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HOTPOT_", "DAGSTER_"))},
+        "HOTPOT_DEV_SAMPLE": getattr(request, "param", "year"),
         "HOTPOT_DEV_PORT": str(free_port()),
         "HOTPOT_DEVSTACK_DIR": str(tmp_path / "devstack"),
         "HOTPOT_DEV_DAGSTER_HOME": str(tmp_path / "dagster_home"),
@@ -111,6 +114,7 @@ def test_the_banner_names_the_ui_nginx_the_env_file_and_the_first_steps(make_dev
     assert "will not be used" not in (logs / "webserver.log").read_text(errors="replace")
 
 
+@pytest.mark.parametrize("make_dev", ["small"], indirect=True)  # how it stops does not depend on the data
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("target", ["make", "stack", "group"])
 def test_a_signal_stops_everything_within_ten_seconds(make_dev, target, signum):
