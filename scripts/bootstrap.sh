@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # gcc: compiles the sample app; chromium: the browser check of the Dagster UI; postgresql-client-15 and
 # postgresql-15: backups with PostgreSQL 15's own pg_dump (/usr/lib/postgresql/15/bin), of a PostgreSQL 15
 # server the tests start themselves (the package's own cluster is not used); pgbackrest: the speed anchor of
-# bench/pitr_rto.py; libpq-dev: barman's psycopg2 builds against it.
-APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev chromium postgresql-client-15 postgresql-15 pgbackrest libpq-dev)
+# bench/pitr_rto.py; libpq-dev: barman's psycopg2 builds against it; awscli: the runbook's S3 commands, which
+# tests/test_docs.py runs.
+APT_PACKAGES=(nginx prometheus docker-registry buildah gcc libc6-dev chromium postgresql-client-15 postgresql-15 pgbackrest libpq-dev awscli)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
