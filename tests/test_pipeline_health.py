@@ -30,7 +30,7 @@ def test_rendered_metrics_pass_promtool():
     text = render(PipelineHealth(1_700_000_000.0, 1_699_990_000.0, True, "running", "canary_release_job"))
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "hotpot_backup_last_success_timestamp_seconds 1.7e+09" in text
+    assert "hotpot_backup_last_success_timestamp_seconds 1700000000.0" in text
     assert 'hotpot_release_state{state="running",job="canary_release_job"} 1' in text
     assert 'hotpot_release_state{state="failed",job="canary_release_job"} 0' in text
 

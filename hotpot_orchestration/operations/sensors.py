@@ -8,6 +8,7 @@ from pydantic import Field
 from hotpot_orchestration.backups.checks import BACKUP
 from hotpot_orchestration.operations.alerts import FailedRun, post_alert, slack_message
 from hotpot_orchestration.operations.health import PipelineHealth, render, write_textfile
+from hotpot_orchestration.pitr.assets import PITR_DRILL, latest_wal_archive_report
 from hotpot_orchestration.release.rollout.releases import OUTCOME_TAG, RELEASE_JOBS, ROLLED_BACK
 from hotpot_orchestration.restores import DRILL_ASSET, DRILL_JOB
 
@@ -85,7 +86,18 @@ def _latest_run(instance: dg.DagsterInstance, job_names, statuses=None) -> dg.Da
     return newest.dagster_run if newest else None
 
 
+def _seconds(event: dg.EventLogEntry | None, name: str) -> float | None:
+    """A number from a materialization's metadata (absent or not a number: None)."""
+    if event is None or event.asset_materialization is None:
+        return None
+    entry = event.asset_materialization.metadata.get(name)
+    value = entry.value if entry is not None else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def read_health(instance: dg.DagsterInstance) -> PipelineHealth:
+    """What the instance alone knows: no database, S3 or registry is asked (the sensor has no credentials
+    of theirs). WAL archiving comes from the wal_archive check's latest evaluation."""
     backup = instance.get_latest_materialization_event(BACKUP)
     drill = instance.get_latest_materialization_event(DRILL_ASSET)
     drill_run = _latest_run(instance, [DRILL_JOB], statuses=FINISHED)
@@ -100,12 +112,20 @@ def read_health(instance: dg.DagsterInstance) -> PipelineHealth:
         release_state = "failed"
     else:
         release_state = "running"
+    wal = latest_wal_archive_report(instance)
+    pitr_drill = instance.get_latest_materialization_event(PITR_DRILL)
     return PipelineHealth(
         last_backup_at=backup.timestamp if backup else None,
         last_passing_drill_at=drill.timestamp if drill else None,
         last_drill_passed=None if drill_run is None else drill_run.status == dg.DagsterRunStatus.SUCCESS,
         release_state=release_state,
         release_job=release_run.job_name if release_run else None,
+        wal_archive_age_seconds=wal.archive_age_seconds if wal else None,
+        wal_archive_checked_at=wal.evaluated_at.timestamp() if wal else None,
+        wal_archive_passed=wal.passed if wal else None,
+        last_pitr_drill_at=pitr_drill.timestamp if pitr_drill else None,
+        pitr_drill_rto_seconds=_seconds(pitr_drill, "rto_seconds"),
+        pitr_drill_rpo_seconds=_seconds(pitr_drill, "rpo_seconds"),
     )
 
 
@@ -118,7 +138,8 @@ class MetricsTextfileResource(dg.ConfigurableResource):
 @dg.sensor(
     name="pipeline_health_sensor",
     description=(
-        "Every minute, writes the last successful backup and drill and the newest release's state in "
+        "Every minute, writes the last successful backup and drill, the newest release's state, the WAL "
+        "archive's age (the wal_archive check's latest evaluation) and the last pitr_drill's RTO and RPO in "
         "Prometheus format to HOTPOT_METRICS_TEXTFILE (alert rules: deploy/prometheus/pipeline-alerts.yml)."
     ),
     minimum_interval_seconds=60,

@@ -16,6 +16,8 @@ from hotpot_orchestration.platform.pg import PgTarget
 
 # wals/<timeline+log>/<segment>[.gz|...]: barman-cloud's layout of archived segments.
 _SEGMENT = re.compile(r"wals/[0-9A-F]{16}/(?P<segment>[0-9A-F]{24})(?:\.[a-z0-9]+)?$")
+# How often the wal_archive check is evaluated (wal_archive_check_schedule: every five minutes).
+CHECK_INTERVAL_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,20 @@ def judge(status: ArchiverStatus, archived: ArchivedWal, *, max_age_seconds: int
             age,
         )
     return Verdict(True, f"newest archived WAL segment {newest[0]}, {age:.0f} s old", age)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The latest evaluation of the wal_archive check as recorded in the Dagster instance: what readers
+    without the database's credentials (the release gate, pipeline health) know of pg_stat_archiver."""
+
+    passed: bool
+    description: str
+    evaluated_at: datetime
+    archive_age_seconds: float | None  # the newest archived segment's age then; None: unknown
+    newest_archived_wal: str = ""
+    last_failed_wal: str = ""
+    failed_count: int | None = None
 
 
 def evaluate(

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.backups.assets import BACKUP, backup_partitions
-from hotpot_orchestration.pitr.archive import evaluate
+from hotpot_orchestration.pitr.archive import CheckReport, evaluate
 from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
 from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
 from hotpot_orchestration.pitr.runas import RunAsError
@@ -20,6 +20,7 @@ PHYSICAL = dg.AssetKey("physical_backup")
 PHYSICAL_RETENTION = dg.AssetKey("physical_backup_retention")
 PITR_DRILL = dg.AssetKey("pitr_drill")
 WAL_ARCHIVE = "wal_archive"
+WAL_ARCHIVE_CHECK = dg.AssetCheckKey(PHYSICAL, WAL_ARCHIVE)
 
 
 class PitrResource(dg.ConfigurableResource):
@@ -42,6 +43,32 @@ class PitrResource(dg.ConfigurableResource):
             endpoint_url=self.endpoint_url,
             kms_key_id=self.kms_key_id,
         )
+
+
+def latest_wal_archive_report(instance: dg.DagsterInstance) -> CheckReport | None:
+    """The wal_archive check's latest evaluation (passed or failed) in `instance`; None if it never ran."""
+    from dagster._core.storage.asset_check_execution_record import (
+        COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    )
+
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        WAL_ARCHIVE_CHECK, limit=1, status=set(COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES)
+    )
+    if not records or records[0].event is None or records[0].event.dagster_event is None:
+        return None
+    entry = records[0].event
+    evaluation = entry.dagster_event.event_specific_data
+    metadata = {key: value.value for key, value in evaluation.metadata.items()}
+    age = metadata.get("archive_age_seconds")
+    return CheckReport(
+        passed=evaluation.passed,
+        description=evaluation.description or "",
+        evaluated_at=datetime.fromtimestamp(entry.timestamp, UTC),
+        archive_age_seconds=float(age) if isinstance(age, int | float) and age >= 0 else None,
+        newest_archived_wal=str(metadata.get("newest_archived_wal") or ""),
+        last_failed_wal=str(metadata.get("last_failed_wal") or ""),
+        failed_count=metadata.get("failed_count"),
+    )
 
 
 def build_pitr_assets(settings: Settings):

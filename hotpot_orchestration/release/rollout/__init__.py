@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from hotpot_orchestration.pitr.barman import BarmanCloud
+from hotpot_orchestration.release.rollout.gates import WalArchiveWatch
 from hotpot_orchestration.release.rollout.plan import RolloutPlan, load_plan
 from hotpot_orchestration.release.rollout.releases import (
     APPROVAL_SPEC,
@@ -22,19 +24,30 @@ from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 from hotpot_orchestration.settings import Settings
 
 
-def build_rollout_defs(plan: RolloutPlan, ui_url: str) -> dg.Definitions:
+def build_rollout_defs(
+    plan: RolloutPlan, ui_url: str, wal_archive: WalArchiveWatch | None = None
+) -> dg.Definitions:
     """Assets, jobs and the sensor for `plan` (a refused gate links to `ui_url`, the Dagster UI); the
-    resources come from the caller."""
+    resources come from the caller. The gates look at WAL archiving in `wal_archive` (None: they do not)."""
     return dg.Definitions(
-        assets=[*canary_assets(plan, ui_url), APPROVAL_SPEC],
-        jobs=[canary_job(plan), blue_green_job(plan, ui_url), rollback_job],
+        assets=[*canary_assets(plan, ui_url, wal_archive), APPROVAL_SPEC],
+        jobs=[canary_job(plan), blue_green_job(plan, ui_url, wal_archive), rollback_job],
         sensors=[release_failure_sensor],
     )
 
 
+def wal_archive_watch(settings: Settings) -> WalArchiveWatch:
+    """The archive the pitr concern writes (physical_backup, the wal_archive check): the code location
+    always has one, HOTPOT_PITR_PREFIX defaulting to pitr/."""
+    barman = BarmanCloud(
+        bucket=settings.backup_bucket, prefix=settings.pitr_prefix, server_name=settings.barman_server_name
+    )
+    return WalArchiveWatch(barman, settings.wal_archive_max_age_seconds)
+
+
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
-        build_rollout_defs(load_plan(settings.rollout_plan), settings.ui_url),
+        build_rollout_defs(load_plan(settings.rollout_plan), settings.ui_url, wal_archive_watch(settings)),
         dg.Definitions(
             resources={
                 "traffic_router": traffic_router_resource(settings),

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hotpot_orchestration.pitr.archive import CHECK_INTERVAL_SECONDS, ArchivedWal, CheckReport
+from hotpot_orchestration.pitr.barman import BarmanCloud
+
 
 class GateFailed(RuntimeError):
     """One or more safety gates did not pass."""
@@ -49,6 +52,108 @@ def backup_gate(
         limit = f"{detail}; the limit is {max_age.total_seconds() / 3600:g} h"
         return GateResult(name, False, limit, latest)
     return GateResult(name, True, detail, latest)
+
+
+@dataclass(frozen=True)
+class WalArchiveWatch:
+    """The barman-cloud archive a release gate looks at, and the wal_archive check's age limit."""
+
+    barman: BarmanCloud
+    max_age_seconds: int
+
+    @property
+    def location(self) -> str:
+        return f"{self.barman.destination}/{self.barman.server_name}/wals/"
+
+
+@dataclass(frozen=True)
+class WalArchiveState:
+    """What the WAL gate saw, for a refusal's metadata."""
+
+    location: str
+    newest_wal: str | None = None
+    age_seconds: float | None = None
+    check: CheckReport | None = None
+
+
+WAL_TO_DO = (
+    "fix archive_command (the database server's log names its error: S3 unreachable, credentials, the "
+    "bucket), then launch wal_archive_check_job and release again; docs/runbook.md 'WAL archiving is failing'"
+)
+
+
+def _when(report: CheckReport, now: datetime) -> str:
+    ago = (now - report.evaluated_at).total_seconds()
+    return f"{report.evaluated_at:%Y-%m-%d %H:%M:%S} UTC, {ago:.0f} s ago"
+
+
+def wal_archive_gate(
+    list_archive: Callable[[], ArchivedWal],
+    latest_check: Callable[[], CheckReport | None],
+    now: datetime,
+    *,
+    watch: WalArchiveWatch | None,
+) -> GateResult:
+    """WAL archiving works, judged as the wal_archive check judges it, from what a release may read.
+
+    A release has no database credentials (only the bucket's, as for the backup gate), so pg_stat_archiver
+    is known here only through the wal_archive check's latest evaluation, which `latest_check` reads from the
+    Dagster instance; the object store is listed directly. The gate refuses when:
+    - the archive cannot be listed (a gate that cannot be checked fails);
+    - the latest wal_archive evaluation failed (pg_stat_archiver showed a failure newer than the last
+      success, archive_mode=off, or a stale archive with WAL waiting) and no segment reached the store
+      since that evaluation (one that did shows archiving has moved on);
+    - the newest archived segment is older than HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS, or there is none,
+      unless the check passed within that limit plus its 5-minute interval: then the server had nothing
+      waiting to archive (an idle server writes no segments), which only the check can tell.
+    `watch` None: no archive is configured for releases, and WAL is not looked at (said in the detail).
+    """
+    name = "WAL archiving working"
+    if watch is None:
+        return GateResult(name, True, "not looked at: no WAL archive (PITR) is configured for releases")
+    location, limit = watch.location, watch.max_age_seconds
+    try:
+        archived = list_archive()
+    except Exception as exc:
+        detail = f"could not list the WAL archive {location}: {type(exc).__name__}: {exc}"
+        return GateResult(name, False, detail, WalArchiveState(location))
+    try:
+        report = latest_check()
+    except Exception as exc:
+        detail = f"could not read the wal_archive check's latest evaluation: {type(exc).__name__}: {exc}"
+        return GateResult(name, False, detail, WalArchiveState(location))
+    newest = archived.newest
+    age = (now - newest[1]).total_seconds() if newest else None
+    state = WalArchiveState(location, newest[0] if newest else None, age, report)
+    seen = (
+        f"the newest WAL segment in {location} is {newest[0]}, {age:.0f} s old"
+        if newest
+        else f"{location} holds no WAL segment"
+    )
+    if report is None:
+        checked = "the wal_archive check has not been evaluated yet"
+    else:
+        checked = (
+            f"the wal_archive check {'passed' if report.passed else 'failed'} ({_when(report, now)})"
+            + ("" if report.passed else f": {report.description}")
+        )
+    if report is not None and not report.passed and (newest is None or newest[1] <= report.evaluated_at):
+        detail = f"WAL archiving is failing: {checked}; {seen}, none archived since; {WAL_TO_DO}"
+        return GateResult(name, False, detail, state)
+    if newest is None or age > limit:
+        recent = timedelta(seconds=limit + CHECK_INTERVAL_SECONDS)
+        if report is not None and report.passed and now - report.evaluated_at <= recent:
+            detail = f"{seen} (limit {limit} s), but {checked}: the server had no WAL waiting to archive"
+            return GateResult(name, True, detail, state)
+        detail = (
+            f"WAL archiving is not keeping up: {seen} (limit {limit} s) and {checked}"
+            + ("" if report is None or not report.passed else ", too long ago to vouch for an idle server")
+            + f"; {WAL_TO_DO}"
+        )
+        return GateResult(name, False, detail, state)
+    if report is not None and not report.passed:
+        checked += "; a segment was archived after it"
+    return GateResult(name, True, f"{seen} (limit {limit} s); {checked}", state)
 
 
 def image_gate(resolve_digest: Callable[[], str | None], reference: str, digest: str) -> GateResult:

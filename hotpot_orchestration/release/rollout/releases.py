@@ -24,6 +24,7 @@ import dagster as dg
 
 from hotpot_orchestration.backups.assets import BACKUP
 from hotpot_orchestration.backups.checks import MAX_AGE as MAX_BACKUP_AGE
+from hotpot_orchestration.pitr.assets import PHYSICAL, latest_wal_archive_report
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
@@ -35,7 +36,14 @@ from hotpot_orchestration.release.rollout.controller import (
     ending,
     wait_healthy,
 )
-from hotpot_orchestration.release.rollout.gates import GateFailed, backup_gate, image_gate, require
+from hotpot_orchestration.release.rollout.gates import (
+    GateFailed,
+    WalArchiveWatch,
+    backup_gate,
+    image_gate,
+    require,
+    wal_archive_gate,
+)
 from hotpot_orchestration.release.rollout.liveness import HEARTBEAT_SECONDS, worker_key, worker_record
 from hotpot_orchestration.release.rollout.plan import RolloutPlan, Step
 from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, TrafficRouterResource
@@ -130,10 +138,18 @@ def _check_gates(
     registry: RegistryResource,
     backup_storage: BackupStorageResource,
     ui_url: str,
+    wal_archive: WalArchiveWatch | None = None,
 ) -> None:
     """The seed's pre-deployment checklist, before anything is deployed or routed. The backup must be of
     HOTPOT_DATABASE_URL's database: another database's backup in the same bucket does not count. A refusal
-    names the backup looked at and links to its partition of postgres_backup in the UI (`ui_url`)."""
+    names the backup looked at and links to its partition of postgres_backup in the UI (`ui_url`).
+
+    WAL archiving (`wal_archive`; None: not looked at) is judged without the database: release runs get
+    the bucket's credentials (boto3's chain, as for the backup) but no HOTPOT_DATABASE_URL, and giving them
+    a role that may read pg_stat_archiver would add a database secret to every release pod. The object
+    store is listed with backup_storage's client (the barman archive lives in the same bucket), and
+    pg_stat_archiver is read through the wal_archive check's latest evaluation in the instance, which
+    runs every 5 minutes with the database's credentials."""
     database = backup_storage.database
 
     def resolve_digest() -> str | None:
@@ -151,11 +167,17 @@ def _check_gates(
             backup_storage.client(), backup_storage.bucket, backup_storage.prefix, database=database
         )
 
+    def archived_wal():
+        from hotpot_orchestration.pitr.archive import archived_wal as list_wal
+
+        return list_wal(backup_storage.client(), wal_archive.barman)
+
     now = datetime.now(UTC)
-    results = [
-        backup_gate(latest_verified_backup, now, database=database, max_age=MAX_BACKUP_AGE),
-        image_gate(resolve_digest, image.reference, image.digest),
-    ]
+    backup = backup_gate(latest_verified_backup, now, database=database, max_age=MAX_BACKUP_AGE)
+    wal = wal_archive_gate(
+        archived_wal, lambda: latest_wal_archive_report(context.instance), now, watch=wal_archive
+    )
+    results = [backup, wal, image_gate(resolve_digest, image.reference, image.digest)]
     for result in results:
         context.log.info(f"gate '{result.name}': {'passed' if result.passed else 'FAILED'}: {result.detail}")
     try:
@@ -164,15 +186,30 @@ def _check_gates(
         metadata = {
             result.name: f"{'passed' if result.passed else 'failed'}: {result.detail}" for result in results
         }
-        if (backup := results[0].subject) is not None:
+        if (latest := backup.subject) is not None:
             metadata |= {
-                "backup_manifest": backup.manifest_key,
-                "backup_age_hours": round((now - backup.created_at).total_seconds() / 3600, 2),
+                "backup_manifest": latest.manifest_key,
+                "backup_age_hours": round((now - latest.created_at).total_seconds() / 3600, 2),
                 "backup_link": dg.MetadataValue.url(
                     f"{ui_url.rstrip('/')}/assets/{BACKUP.to_user_string()}?view=partitions"
-                    f"&partition={backup.partition}"
+                    f"&partition={latest.partition}"
                 ),
             }
+        if not wal.passed and (state := wal.subject) is not None:
+            metadata |= {
+                "wal_archive": state.location,
+                "newest_archived_wal": state.newest_wal or "(none)",
+                "wal_archive_age_seconds": -1.0 if state.age_seconds is None else round(state.age_seconds, 1),
+                "wal_archive_check_link": dg.MetadataValue.url(
+                    f"{ui_url.rstrip('/')}/assets/{PHYSICAL.to_user_string()}?view=checks"
+                ),
+            }
+            if (report := state.check) is not None:
+                metadata |= {
+                    "wal_archive_check": f"{'passed' if report.passed else 'failed'} at "
+                    f"{report.evaluated_at:%Y-%m-%d %H:%M:%S} UTC: {report.description}",
+                    "archiver_last_failed_wal": report.last_failed_wal or "(none)",
+                }
         raise dg.Failure(description=str(exc), metadata=metadata) from None
 
 
@@ -269,7 +306,9 @@ def _expect_weight(state: RouteState, weight: int, what: str) -> None:
         )
 
 
-def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str, ui_url: str) -> dg.AssetsDefinition:
+def canary_step_asset(
+    plan: RolloutPlan, step: Step, upstream: str, ui_url: str, wal_archive: WalArchiveWatch | None = None
+) -> dg.AssetsDefinition:
     first = step.number == 1
     previous_weight = 0 if first else plan.steps[step.number - 2].weight
     gate = (
@@ -284,7 +323,8 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str, ui_url: str)
         "traffic and ends the release without materializing this step."
         + (
             " First checks the safety gates (a fresh verified postgres_backup, proven restorable by "
-            "restore_drill; the image in the registry) and deploys the image to the idle colour."
+            "restore_drill; WAL archiving working, as the wal_archive check of physical_backup sees it; the "
+            "image in the registry) and deploys the image to the idle colour."
             if first
             else ""
         )
@@ -292,6 +332,8 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str, ui_url: str)
     # The first step's gate, drawn in the graph: lineage only, nothing is loaded from these assets. Without a
     # partition mapping the unpartitioned step depends on all of postgres_backup's daily partitions.
     gate_deps = [dg.AssetDep(BACKUP), dg.AssetDep(DRILL_ASSET)] if first else []
+    if first and wal_archive is not None:
+        gate_deps.append(dg.AssetDep(PHYSICAL))  # whose wal_archive check the gate reads
 
     @dg.asset(
         name=step.asset_name,
@@ -313,7 +355,7 @@ def canary_step_asset(plan: RolloutPlan, step: Step, upstream: str, ui_url: str)
         router = traffic_router.router()
         with _alive(context):
             if first:
-                _check_gates(context, image, registry, backup_storage, ui_url)
+                _check_gates(context, image, registry, backup_storage, ui_url, wal_archive)
             with _stable_on_error(context, router):
                 if first:
                     state = _deploy_idle(context, plan, router, image)
@@ -393,7 +435,9 @@ def _release_metadata(image: ReleaseImageResource, strategy: str, before: RouteS
     }
 
 
-def blue_green_job(plan: RolloutPlan, ui_url: str) -> dg.JobDefinition:
+def blue_green_job(
+    plan: RolloutPlan, ui_url: str, wal_archive: WalArchiveWatch | None = None
+) -> dg.JobDefinition:
     settings = plan.blue_green
 
     @dg.op(description="Safety gates, then the image on the idle colour, healthy on /health and /ready.")
@@ -407,7 +451,7 @@ def blue_green_job(plan: RolloutPlan, ui_url: str) -> dg.JobDefinition:
         router = traffic_router.router()
         with _alive(context):
             image = _image(release_image)
-            _check_gates(context, image, registry, backup_storage, ui_url)
+            _check_gates(context, image, registry, backup_storage, ui_url, wal_archive)
             state = _deploy_idle(context, plan, router, image)
         return state.idle
 
@@ -542,10 +586,12 @@ def rollback_job():
     return_stable_to_full_traffic()
 
 
-def canary_assets(plan: RolloutPlan, ui_url: str) -> list[dg.AssetsDefinition]:
+def canary_assets(
+    plan: RolloutPlan, ui_url: str, wal_archive: WalArchiveWatch | None = None
+) -> list[dg.AssetsDefinition]:
     assets, upstream = [], "api_image"
     for step in plan.steps:
-        assets.append(canary_step_asset(plan, step, upstream, ui_url))
+        assets.append(canary_step_asset(plan, step, upstream, ui_url, wal_archive))
         upstream = step.asset_name
     return [*assets, production_release_asset(plan)]
 
