@@ -75,6 +75,8 @@ class Settings:
     rollout_plan: Path | None
     # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
     auto_release: bool
+    # Releases are refused while WAL archiving (the pitr concern's archive) fails.
+    release_wal_gate: bool
     # The nginx router; None: the resource's defaults (a VM's own nginx).
     nginx_upstream_conf: Path | None
     nginx_command: tuple[str, ...] | None
@@ -316,6 +318,7 @@ _VARIABLES = {
     "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
     "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
     "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
+    "HOTPOT_RELEASE_WAL_GATE": ("release_wal_gate", _boolean, True),
     "HOTPOT_NGINX_UPSTREAM_CONF": ("nginx_upstream_conf", _upstream_conf, None),
     "HOTPOT_NGINX_COMMAND": ("nginx_command", _nginx_command, None),
     "HOTPOT_NGINX_PID_FILE": ("nginx_pid_file", _absolute_path, None),

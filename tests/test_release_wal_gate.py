@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from support.deploy import production_settings
 from support.pitr import BUCKET, SwitchableS3, archive_everything, archiving_server
 from support.waiting import wait_until
 
@@ -55,6 +56,15 @@ def test_without_an_archive_wal_is_not_looked_at_and_says_so():
     result = wal_archive_gate(unreachable, unreachable, NOW, watch=None)
     assert result.passed and result.name == GATE
     assert "not looked at" in result.detail
+
+
+def test_the_wal_gate_watches_the_pitr_archive_unless_the_setting_turns_it_off():
+    settings = load_settings({"HOTPOT_PITR_PREFIX": "wal/", "HOTPOT_BARMAN_SERVER_NAME": "db1"})
+    watch = wal_archive_watch(settings)
+    assert watch.location == "s3://thehotpotspot-backups/wal/db1/wals/"
+    # deploy/k8s/config.yaml: its CloudNativePG cluster archives no WAL there, so no release would pass.
+    assert wal_archive_watch(production_settings()) is None
+    assert wal_archive_watch(production_settings(HOTPOT_RELEASE_WAL_GATE="true")) is not None
 
 
 def test_a_fresh_archive_passes_and_a_stale_one_is_refused_naming_what_was_seen():

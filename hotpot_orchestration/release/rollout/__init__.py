@@ -36,9 +36,12 @@ def build_rollout_defs(
     )
 
 
-def wal_archive_watch(settings: Settings) -> WalArchiveWatch:
-    """The archive the pitr concern writes (physical_backup, the wal_archive check): the code location
-    always has one, HOTPOT_PITR_PREFIX defaulting to pitr/."""
+def wal_archive_watch(settings: Settings) -> WalArchiveWatch | None:
+    """The archive the pitr concern writes (physical_backup, the wal_archive check), HOTPOT_PITR_PREFIX
+    defaulting to pitr/; None with HOTPOT_RELEASE_WAL_GATE=false, for a database whose WAL is not archived
+    there (releases then say the WAL gate did not look)."""
+    if not settings.release_wal_gate:
+        return None
     barman = BarmanCloud(
         bucket=settings.backup_bucket, prefix=settings.pitr_prefix, server_name=settings.barman_server_name
     )
