@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -161,7 +162,7 @@ class Postgres(Service):
     name = "postgres"
     # A fast shutdown first archives every WAL segment still pending, one barman-cloud process each;
     # the stack's data goes with it, so past this an immediate shutdown keeps a stop within seconds.
-    stop_grace = 4.0
+    stop_grace = 3.0
 
     def __init__(
         self,
@@ -352,8 +353,10 @@ class Postgres(Service):
             os.kill(postmaster, signal.SIGINT)
         except (OSError, ValueError, IndexError):
             return  # not started (or already gone): terminating our child is all there is to do
+        deadline = time.monotonic() + self.stop_grace  # one grace for all, not one each
         for proc, _ in self._procs:
             try:
-                proc.wait(self.stop_grace)
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown; terminate() kills what is left
+                break

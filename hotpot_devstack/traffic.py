@@ -102,10 +102,13 @@ class Traffic:
             thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop sending; a request still in flight may take its timeout, but not the stop's time: the
+        clients are daemon threads, gone with the process."""
         self._stop.set()
+        deadline = time.monotonic() + grace
         for thread in self._threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def running(self) -> bool:
