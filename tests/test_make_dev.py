@@ -81,18 +81,29 @@ def make_dev(tmp_path, request):
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal's job would be
         )
+    up: dict[int, str] = {}
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
         while "Ctrl-C (or SIGTERM) stops everything." not in out.read_text(errors="replace"):
             assert make.poll() is None, f"make dev exited with {make.returncode}:\n{out.read_text()}"
             assert time.monotonic() < deadline, f"no banner after {STARTUP_SECONDS} s:\n{out.read_text()}"
             time.sleep(0.5)
+        up = {pid: command_line(pid) for pid in descendants(make.pid)}
         yield make, out, env
     finally:
+        # The services run in process groups of their own, and one whose parent dies is no longer its
+        # descendant: every process is known before anything stops, and whatever outlives the stop is killed.
+        started = {**up, **{pid: command_line(pid) for pid in descendants(make.pid)}}
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGTERM)  # as an operator's Ctrl-C ends a test that sent nothing
+            deadline = time.monotonic() + 30
+            while alive(set(started) | {make.pid}) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        for pid in alive(set(started)):
+            if command_line(pid) == started[pid]:  # not a new process that got the pid since
+                os.kill(pid, signal.SIGKILL)
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
-        for pid in alive(descendants(make.pid)):
-            os.kill(pid, signal.SIGKILL)
         make.wait()
 
 
