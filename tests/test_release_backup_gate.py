@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
+from support.release import pushed_release_image
 
 from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.backups.checks import MAX_AGE
 from hotpot_orchestration.definitions import build_resources
 from hotpot_orchestration.platform.resources import BackupStorageResource
-from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.image.resource import RegistryResource
 from hotpot_orchestration.release.rollout.gates import backup_gate
 from hotpot_orchestration.release.rollout.releases import _check_gates
 from hotpot_orchestration.settings import load_settings
@@ -31,13 +32,7 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
     """latest_backup(...) was once asked without the database: a fresh backup of any database passed."""
     bucket = f"gate-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(bucket)
-    repository = f"thehotpotspot/api-{uuid.uuid4().hex[:8]}"
-    image = ReleaseImageResource(
-        tag="v2",
-        digest=registry.push_test_image(repository, "v2"),
-        repository=repository,
-        registry=registry.host,
-    )
+    image = pushed_release_image(registry)
     gate_resources = (
         image,
         RegistryResource(registry=registry.host),

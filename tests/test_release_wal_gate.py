@@ -5,13 +5,13 @@ through the release step's own gate function and the code location's wal_archive
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 from support.deploy import production_settings
 from support.pitr import BUCKET, SwitchableS3, archive_everything, archiving_server
+from support.release import pushed_release_image
 from support.waiting import wait_until
 
 from hotpot_devstack.backups import write_backup_record
@@ -20,7 +20,7 @@ from hotpot_orchestration.operations.sensors import MetricsTextfileResource, pip
 from hotpot_orchestration.pitr.archive import ArchivedWal, CheckReport, archiver_status
 from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.platform.pg import PgTarget
-from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+from hotpot_orchestration.release.image.resource import RegistryResource
 from hotpot_orchestration.release.rollout import wal_archive_watch
 from hotpot_orchestration.release.rollout.gates import WalArchiveWatch, wal_archive_gate
 from hotpot_orchestration.release.rollout.releases import _check_gates
@@ -148,13 +148,7 @@ def test_a_release_is_refused_while_the_servers_archive_command_fails(s3, regist
         target = PgTarget.from_url(server.url)
         fresh = datetime.now(UTC) - timedelta(hours=1)
         write_backup_record(s3.client(), BUCKET, settings.backup_prefix, target.dbname, fresh, ok=True)
-        repository = f"thehotpotspot/api-{uuid.uuid4().hex[:8]}"
-        image = ReleaseImageResource(
-            tag="v2",
-            digest=registry.push_test_image(repository, "v2"),
-            repository=repository,
-            registry=registry.host,
-        )
+        image = pushed_release_image(registry)
         watch = wal_archive_watch(settings)
         location = f"s3://{BUCKET}/{server.wal_archive.prefix}{server.wal_archive.server_name}/wals/"
         assert watch.location == location
