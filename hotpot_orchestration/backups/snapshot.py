@@ -64,6 +64,36 @@ class Inventory:
         return sum(table["rows"] for table in self.tables)
 
 
+def read_inventory(conn) -> Inventory:
+    """What `conn`'s snapshot holds: exact row counts of every table pg_dump dumps, sequence states,
+    extensions, large objects and the tables' data size."""
+    tables, sequences, table_data_bytes = [], [], 0
+    for schema, name, kind, condition, oid in conn.execute(_RELATIONS).fetchall():
+        relation = sql.Identifier(schema, name)
+        if kind == "S":
+            last_value, is_called = conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(relation)
+            ).fetchone()
+            sequences.append(
+                {"schema": schema, "name": name, "last_value": last_value, "is_called": is_called}
+            )
+            continue
+        # ONLY: pg_dump copies each inheritance child on its own; `condition` is the extension's own
+        # filter, text pg_dump runs verbatim too.
+        count = sql.SQL("SELECT count(*) FROM ONLY {} ").format(relation) + sql.SQL(condition or "")
+        tables.append({"schema": schema, "name": name, "rows": conn.execute(count).fetchone()[0]})
+        # The data the dump holds: heap and TOAST (pg_table_size), no indexes. After the count, which
+        # holds the table's lock until the snapshot ends: the size waits for no other lock.
+        size = conn.execute("SELECT pg_table_size(%s::oid)", (oid,)).fetchone()[0]
+        table_data_bytes += size or 0
+    extensions = [
+        {"name": name, "version": version}
+        for name, version in conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")
+    ]
+    large_objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
+    return Inventory(tables, sequences, extensions, large_objects, table_data_bytes)
+
+
 def _transient(error: BaseException) -> bool:
     return getattr(error, "transient", False)
 
@@ -164,29 +194,4 @@ class ExportedSnapshot:
             raise database_error(f"reading the snapshot: {error}", self.target, self.url_variable) from None
 
     def _inventory(self) -> Inventory:
-        conn = self._conn
-        tables, sequences, table_data_bytes = [], [], 0
-        for schema, name, kind, condition, oid in conn.execute(_RELATIONS).fetchall():
-            relation = sql.Identifier(schema, name)
-            if kind == "S":
-                last_value, is_called = conn.execute(
-                    sql.SQL("SELECT last_value, is_called FROM {}").format(relation)
-                ).fetchone()
-                sequences.append(
-                    {"schema": schema, "name": name, "last_value": last_value, "is_called": is_called}
-                )
-                continue
-            # ONLY: pg_dump copies each inheritance child on its own; `condition` is the extension's own
-            # filter, text pg_dump runs verbatim too.
-            count = sql.SQL("SELECT count(*) FROM ONLY {} ").format(relation) + sql.SQL(condition or "")
-            tables.append({"schema": schema, "name": name, "rows": conn.execute(count).fetchone()[0]})
-            # The data the dump holds: heap and TOAST (pg_table_size), no indexes. After the count, which
-            # holds the table's lock until the snapshot ends: the size waits for no other lock.
-            size = conn.execute("SELECT pg_table_size(%s::oid)", (oid,)).fetchone()[0]
-            table_data_bytes += size or 0
-        extensions = [
-            {"name": name, "version": version}
-            for name, version in conn.execute("SELECT extname, extversion FROM pg_extension ORDER BY 1")
-        ]
-        large_objects = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0]
-        return Inventory(tables, sequences, extensions, large_objects, table_data_bytes)
+        return read_inventory(self._conn)

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from hotpot_orchestration.pitr.barman import BarmanCloud, run
@@ -231,8 +232,15 @@ class ScratchServer:
         os.chmod(directory, 0o755)
         return len(wanted)
 
-    def configure(self, *, target_name: str | None, pause_at_target: bool) -> None:
-        """Recovery settings: WAL from the archive, to the named restore point (or the archive's end)."""
+    def configure(
+        self,
+        *,
+        target_name: str | None = None,
+        target_time: datetime | None = None,
+        pause_at_target: bool,
+    ) -> None:
+        """Recovery settings: WAL from the archive, to the named restore point, to the last commit at or
+        before `target_time`, or to the archive's end."""
         bin_dir = barman_bin_dir(self.os_user)
         restore_command = BarmanCloud(
             bucket=self.barman.bucket,
@@ -247,6 +255,7 @@ class ScratchServer:
         settings = {
             "restore_command": restore_command,
             "recovery_target_name": target_name or "",
+            "recovery_target_time": target_time.isoformat() if target_time else "",
             "recovery_target_action": "pause" if pause_at_target else "promote",
             # A scratch copy must never write into the production archive.
             "archive_mode": "off",
