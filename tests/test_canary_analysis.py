@@ -1,6 +1,6 @@
 """Canary judgement and the step controller, driven directly with a scripted Prometheus and a fake clock.
 
-The PromQL itself runs against a real Prometheus in test_canary_release_e2e.py.
+The PromQL itself runs against a real Prometheus in test_rollout_e2e.py.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from support.canary import ANALYSIS, FakeClock, ScriptedPrometheus
 
 from hotpot_orchestration.release.rollout.analysis import (
     PrometheusError,
@@ -20,63 +21,7 @@ from hotpot_orchestration.release.rollout.analysis import (
 from hotpot_orchestration.release.rollout.controller import Approval, analyse
 from hotpot_orchestration.release.rollout.plan import parse_plan
 
-PLAN = parse_plan(
-    """
-analysis:
-  interval: 10s
-  min_requests: 50
-  max_inconclusive: 2
-  selector: 'job="api-{color}"'
-  metrics:
-    error_ratio: {threshold: 0.1, max_increase_over_stable: 0.02}
-    latency_p95: {threshold: 1.0, max_increase_over_stable: 0.25}
-approval_timeout: 60s
-steps:
-  - {weight: 20, pause: 30s}
-health_timeout: 5s
-blue_green: {analysis: 30s, scale_down_delay: 1s}
-"""
-)
-ANALYSIS = PLAN.analysis
 ERROR, LATENCY = ANALYSIS.metrics
-
-
-class ScriptedPrometheus:
-    """Answers by colour and kind of query; `values` may be changed between measurements."""
-
-    def __init__(self, **values):
-        self.values = {
-            "green_requests": 200.0,
-            "green_error_ratio": 0.0,
-            "green_latency_p95": 0.05,
-            "blue_error_ratio": 0.0,
-            "blue_latency_p95": 0.05,
-            **values,
-        }
-        self.queries: list[str] = []
-
-    def query(self, promql: str) -> float | None:
-        self.queries.append(promql)
-        color = "green" if "api-green" in promql else "blue"
-        if promql.startswith("sum(increase"):
-            kind = "requests"
-        else:
-            kind = "error_ratio" if "5.." in promql else "latency_p95"
-        value = self.values.get(f"{color}_{kind}")
-        if isinstance(value, Exception):
-            raise value
-        return value
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_queries_follow_the_seed_metrics_and_the_window():

@@ -8,7 +8,7 @@ import uuid
 
 import dagster as dg
 import pytest
-from test_canary_analysis import ANALYSIS, FakeClock, ScriptedPrometheus
+from support.canary import ANALYSIS, FakeClock, ScriptedPrometheus
 
 from hotpot_orchestration.operations.sensors import read_health
 from hotpot_orchestration.release.rollout.controller import POLL_SECONDS, StepResult, analyse, ending
