@@ -235,4 +235,4 @@ def test_a_locked_resource_reads_its_environment_per_run_within_the_runs_own_ins
         gc.collect()
         assert DefsStateStorage.get() is None, "a closed instance is still Dagster's current one"
     assert words == ["hello", "again"]
-    build_definitions(load_settings({})).resolve_job_def("rollback_job")
+    assert build_definitions(load_settings({})).resolve_job_def("rollback_job").name == "rollback_job"

@@ -191,7 +191,8 @@ def _tail(text: str, lines: int = 40) -> str:
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
 def test_every_sh_block_runs_against_the_devstack(document: Path, docs_checkout: Path):
     to_run = runnable(document)
+    assert to_run, f"{document.name} has no ```{RUN} block: its commands would go untested"
     env = _shell_env(docs_checkout)
-    setup = to_run[0] if to_run else None
+    setup = to_run[0]
     took = [(block.where, run_block(block, setup, docs_checkout, env)) for block in to_run]
     print("\n".join(f"{where}: {seconds:.1f} s" for where, seconds in took))
