@@ -226,17 +226,18 @@ def test_manifest_counts_come_from_the_dumps_snapshot_while_rows_keep_arriving(
     run_sql(
         postgres, database, "INSERT INTO orders (note) SELECT md5(g::text) FROM generate_series(1, 200000) g"
     )
-    stop = threading.Event()
+    stop, arriving = threading.Event(), threading.Event()
 
     def keep_ordering():
         with postgres.connect(database) as conn:
             while not stop.is_set():
                 conn.execute("INSERT INTO orders (note) SELECT 'late' FROM generate_series(1, 50)")
+                arriving.set()
 
     writer = threading.Thread(target=keep_ordering)
     writer.start()
     try:
-        time.sleep(0.2)
+        assert arriving.wait(30), "no order was inserted beside the backup"
         result, _ = backup(postgres, s3_server, bucket, database)
     finally:
         stop.set()
