@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,11 +37,12 @@ from hotpot_orchestration.backups.errors import (
     s3_errors,
 )
 from hotpot_orchestration.backups.proc import running
-from hotpot_orchestration.backups.snapshot import ExportedSnapshot
+from hotpot_orchestration.backups.snapshot import ExportedSnapshot, Inventory
 from hotpot_orchestration.backups.stream import (
     MiB,
     MultipartUpload,
     Progress,
+    Uploaded,
     UploadStalled,
     ensure_abort_incomplete_uploads,
     plan_part_size,
@@ -207,8 +208,7 @@ def _prepare_bucket(
         # Not a missed backup either: retention tries again, and the next backup.
         notes.append(f"WARNING: {error}")
         orphans = Orphans()
-    notes += [f"deleted s3://{bucket}/{key}: a dump without a manifest" for key in orphans.dumps]
-    notes += [f"aborted the unfinished upload of s3://{bucket}/{key}" for key in orphans.uploads]
+    notes += orphans.notes(bucket)
     return client, notes, orphans
 
 
@@ -220,6 +220,180 @@ def _side_threads() -> Iterator[ThreadPoolExecutor]:
     finally:
         # After a failure, a bucket check still inside botocore's retries is not waited for.
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Dump:
+    """One backup's fixed facts, from the snapshot on: what is dumped, how, and where it goes."""
+
+    target: PgTarget
+    url_variable: str
+    pg_dump: PgDump
+    snapshot: ExportedSnapshot
+    endpoint: str
+    bucket: str
+    partition: str
+    dump_key: str
+    manifest_key: str
+    part_size: int
+    encryption: dict[str, str]
+    stall_seconds: int
+    log: Callable[[str], None]
+    on_progress: Callable[[Progress], None] | None
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            str(self.pg_dump.path),
+            "--format=custom",
+            self.pg_dump.compress_option,
+            f"--snapshot={self.snapshot.snapshot_id}",
+            "--no-password",
+        ]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The S3 object's own metadata."""
+        return {
+            "database": self.target.dbname,
+            "partition": self.partition,
+            "compression": self.pg_dump.compression,
+        }
+
+
+@dataclass(frozen=True)
+class _Stored:
+    manifest: dict[str, Any]
+    inventory: Inventory
+    uploaded: Uploaded
+    orphans: Orphans
+
+
+def _usable_pg_dump(bin_dir: Path, compression: str | None) -> PgDump:
+    try:
+        return PgDump.in_dir(bin_dir, compression)
+    except PgToolError as error:
+        raise BackupError(str(error)) from None
+
+
+def _refuse_older_pg_dump(pg_dump: PgDump, snapshot: ExportedSnapshot) -> None:
+    refusal = pg_dump.refusal(snapshot.server_version, snapshot.server_major)
+    if refusal:
+        raise BackupError(refusal)
+
+
+def _log_start(dump: _Dump, notes: list[str]) -> None:
+    for note in notes:
+        dump.log(note)
+    dump.log(
+        f"dumping {dump.target.display} (PostgreSQL {dump.snapshot.server_version}, "
+        f"{dump.snapshot.database_bytes:,} bytes) with pg_dump {dump.pg_dump.version} "
+        f"{dump.pg_dump.compress_option} into s3://{dump.bucket}/{dump.dump_key}, parts of "
+        f"{dump.part_size // MiB} MiB"
+    )
+
+
+def _upload_dump(
+    dump: _Dump, client: Any, process: subprocess.Popen, stderr, helpers: ThreadPoolExecutor
+) -> tuple[Uploaded, Future[Inventory]]:
+    """pg_dump's output (`process`, its `stderr` tail) streamed into one S3 object, completed only once
+    pg_dump exited 0; with the snapshot's inventory, taken meanwhile."""
+
+    def stop_at_stall() -> None:
+        # The stuck requests are not waited for: the snapshot (which holds back vacuum and blocks DROP
+        # DATABASE) and pg_dump go now.
+        process.kill()
+        dump.snapshot.release()
+
+    with (
+        s3_errors(dump.endpoint, f"uploading s3://{dump.bucket}/{dump.dump_key}"),
+        MultipartUpload(
+            client,
+            dump.bucket,
+            dump.dump_key,
+            part_size=dump.part_size,
+            extra_args=dump.encryption,
+            metadata=dump.metadata,
+            on_progress=dump.on_progress,
+            stall_seconds=dump.stall_seconds,
+            on_stall=stop_at_stall,
+        ) as upload,
+    ):
+        try:
+            upload.consume(process.stdout)
+        except UploadStalled as stall:
+            raise _stalled(stall, dump.endpoint, dump.stall_seconds) from None
+        _check_pg_dump_exit(dump, process.wait(), stderr.text())
+        # The exact counts, in pg_dump's snapshot, are taken while S3 assembles the object: during the
+        # dump their scans would take CPU from pg_dump's.
+        counts = helpers.submit(dump.snapshot.inventory)
+        return upload.complete(), counts
+
+
+def _check_pg_dump_exit(dump: _Dump, returncode: int, stderr: str) -> None:
+    if returncode != 0:
+        raise _dump_failed(returncode, stderr, dump.target, dump.url_variable)
+    if stderr:
+        dump.log(f"pg_dump warned: {dump.target.redact(stderr)}")
+
+
+def _manifest_of(dump: _Dump, uploaded: Uploaded, inventory: Inventory) -> dict[str, Any]:
+    snapshot = dump.snapshot
+    return new_manifest(
+        database=dump.target.dbname,
+        partition=dump.partition,
+        created_at=snapshot.created_at,
+        dump_key=dump.dump_key,
+        dump_bytes=uploaded.bytes,
+        sha256=uploaded.sha256,
+        part_bytes=uploaded.part_size,
+        s3_checksum_sha256=uploaded.checksum_sha256,
+        compression=dump.pg_dump.compression,
+        server_version=snapshot.server_version,
+        server_version_num=snapshot.server_version_num,
+        pg_dump_version=dump.pg_dump.version,
+        snapshot=snapshot.snapshot_id,
+        tables=inventory.tables,
+        sequences=inventory.sequences,
+        extensions=inventory.extensions,
+        large_objects=inventory.large_objects,
+        restore_point=snapshot.restore_point,
+        table_data_bytes=inventory.table_data_bytes,
+    )
+
+
+def _delete_unmanifested_dump(client: Any, dump: _Dump, error: BaseException) -> None:
+    # A dump without its manifest is no backup: do not leave it behind looking like one.
+    try:
+        client.delete_object(Bucket=dump.bucket, Key=dump.dump_key)
+    except Exception as delete_error:
+        error.add_note(
+            f"deleting s3://{dump.bucket}/{dump.dump_key}, a dump without a manifest, failed too "
+            f"({delete_error}): delete it by hand, retention does not touch it"
+        )
+
+
+def _store(
+    dump: _Dump, bucket_ready: Future[tuple[Any, list[str], Orphans]], helpers: ThreadPoolExecutor
+) -> _Stored:
+    """The dump in S3, then its manifest beside it; on any failure, nothing that looks like a backup."""
+    uploaded = None
+    try:
+        with running(dump.command, dump.target.env()) as (process, stderr):
+            # pg_dump reads the catalog meanwhile; if the bucket cannot be used, it is killed unread.
+            client, notes, orphans = bucket_ready.result()
+            _log_start(dump, notes)
+            uploaded, counts = _upload_dump(dump, client, process, stderr, helpers)
+        inventory = counts.result()
+        manifest = _manifest_of(dump, uploaded, inventory)
+        with s3_errors(dump.endpoint, f"writing s3://{dump.bucket}/{dump.manifest_key}"):
+            write_manifest(client, dump.bucket, dump.manifest_key, manifest, dump.encryption)
+    except BaseException as error:
+        dump.snapshot.cancel()  # the counts are of no use now: do not wait for them
+        if uploaded is not None:
+            _delete_unmanifested_dump(client, dump, error)
+        raise
+    return _Stored(manifest=manifest, inventory=inventory, uploaded=uploaded, orphans=orphans)
 
 
 def take_backup(
@@ -253,116 +427,34 @@ def take_backup(
         bucket_ready = helpers.submit(
             _prepare_bucket, connect_s3, endpoint, bucket, prefix, target.dbname, orphans_older_than
         )
-        try:
-            pg_dump = PgDump.in_dir(bin_dir, compression)
-        except PgToolError as error:
-            raise BackupError(str(error)) from None
-
+        pg_dump = _usable_pg_dump(bin_dir, compression)
         with ExportedSnapshot(target, url_variable=url_variable) as snapshot:
-            refusal = pg_dump.refusal(snapshot.server_version, snapshot.server_major)
-            if refusal:
-                raise BackupError(refusal)
+            _refuse_older_pg_dump(pg_dump, snapshot)
             dump_key, manifest_key = backup_keys(prefix, target.dbname, partition, snapshot.created_at)
-            part_size = plan_part_size(expected_max_dump_bytes(snapshot.database_bytes))
-            command = [
-                str(pg_dump.path),
-                "--format=custom",
-                pg_dump.compress_option,
-                f"--snapshot={snapshot.snapshot_id}",
-                "--no-password",
-            ]
-            metadata = {"database": target.dbname, "partition": partition, "compression": pg_dump.compression}
-            uploaded = None
-            try:
-                with running(command, target.env()) as (process, stderr):
-                    # pg_dump reads the catalog meanwhile; if the bucket cannot be used, it is killed unread.
-                    client, notes, orphans = bucket_ready.result()
-                    for note in notes:
-                        log(note)
-                    log(
-                        f"dumping {target.display} (PostgreSQL {snapshot.server_version}, "
-                        f"{snapshot.database_bytes:,} bytes) with pg_dump {pg_dump.version} "
-                        f"{pg_dump.compress_option} into s3://{bucket}/{dump_key}, parts of "
-                        f"{part_size // MiB} MiB"
-                    )
-
-                    def stop_at_stall() -> None:
-                        # The stuck requests are not waited for: the snapshot (which holds back vacuum and
-                        # blocks DROP DATABASE) and pg_dump go now.
-                        process.kill()
-                        snapshot.release()
-
-                    with (
-                        s3_errors(endpoint, f"uploading s3://{bucket}/{dump_key}"),
-                        MultipartUpload(
-                            client,
-                            bucket,
-                            dump_key,
-                            part_size=part_size,
-                            extra_args=encryption,
-                            metadata=metadata,
-                            on_progress=on_progress,
-                            stall_seconds=stall_seconds,
-                            on_stall=stop_at_stall,
-                        ) as upload,
-                    ):
-                        try:
-                            upload.consume(process.stdout)
-                        except UploadStalled as stall:
-                            raise _stalled(stall, endpoint, stall_seconds) from None
-                        returncode = process.wait()
-                        if returncode != 0:
-                            raise _dump_failed(returncode, stderr.text(), target, url_variable)
-                        if stderr.text():
-                            log(f"pg_dump warned: {target.redact(stderr.text())}")
-                        # The exact counts, in pg_dump's snapshot, are taken while S3 assembles the object:
-                        # during the dump their scans would take CPU from pg_dump's.
-                        counts = helpers.submit(snapshot.inventory)
-                        uploaded = upload.complete()
-                inventory = counts.result()
-                manifest = new_manifest(
-                    database=target.dbname,
-                    partition=partition,
-                    created_at=snapshot.created_at,
-                    dump_key=dump_key,
-                    dump_bytes=uploaded.bytes,
-                    sha256=uploaded.sha256,
-                    part_bytes=uploaded.part_size,
-                    s3_checksum_sha256=uploaded.checksum_sha256,
-                    compression=pg_dump.compression,
-                    server_version=snapshot.server_version,
-                    server_version_num=snapshot.server_version_num,
-                    pg_dump_version=pg_dump.version,
-                    snapshot=snapshot.snapshot_id,
-                    tables=inventory.tables,
-                    sequences=inventory.sequences,
-                    extensions=inventory.extensions,
-                    large_objects=inventory.large_objects,
-                    restore_point=snapshot.restore_point,
-                    table_data_bytes=inventory.table_data_bytes,
-                )
-                with s3_errors(endpoint, f"writing s3://{bucket}/{manifest_key}"):
-                    write_manifest(client, bucket, manifest_key, manifest, encryption)
-            except BaseException as error:
-                snapshot.cancel()  # the counts are of no use now: do not wait for them
-                if uploaded is not None:
-                    # A dump without its manifest is no backup: do not leave it behind looking like one.
-                    try:
-                        client.delete_object(Bucket=bucket, Key=dump_key)
-                    except Exception as delete_error:
-                        error.add_note(
-                            f"deleting s3://{bucket}/{dump_key}, a dump without a manifest, failed too "
-                            f"({delete_error}): delete it by hand, retention does not touch it"
-                        )
-                raise
-
+            dump = _Dump(
+                target=target,
+                url_variable=url_variable,
+                pg_dump=pg_dump,
+                snapshot=snapshot,
+                endpoint=endpoint,
+                bucket=bucket,
+                partition=partition,
+                dump_key=dump_key,
+                manifest_key=manifest_key,
+                part_size=plan_part_size(expected_max_dump_bytes(snapshot.database_bytes)),
+                encryption=encryption,
+                stall_seconds=stall_seconds,
+                log=log,
+                on_progress=on_progress,
+            )
+            stored = _store(dump, bucket_ready, helpers)
         return BackupResult(
             bucket=bucket,
-            manifest=manifest,
+            manifest=stored.manifest,
             manifest_key=manifest_key,
             database_bytes=snapshot.database_bytes,
-            table_data_bytes=inventory.table_data_bytes,
-            part_size=uploaded.part_size,
-            parts=uploaded.parts,
-            orphans=orphans,
+            table_data_bytes=stored.inventory.table_data_bytes,
+            part_size=stored.uploaded.part_size,
+            parts=stored.uploaded.parts,
+            orphans=stored.orphans,
         )

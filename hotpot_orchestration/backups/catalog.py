@@ -227,6 +227,12 @@ class Orphans:
     dumps: list[str] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
 
+    def notes(self, bucket: str) -> list[str]:
+        """One line per removal, for the log."""
+        return [f"deleted s3://{bucket}/{key}: a dump without a manifest" for key in self.dumps] + [
+            f"aborted the unfinished upload of s3://{bucket}/{key}" for key in self.uploads
+        ]
+
 
 def remove_orphans(
     client, bucket: str, prefix: str, database: str, *, older_than: timedelta, now: datetime
