@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+from hotpot_orchestration.platform.proc import CommandFailed, run
 
 
 class PgToolError(RuntimeError):
@@ -128,8 +129,8 @@ def find_pg_bin_dir(configured: str | os.PathLike | None = None) -> Path:
 def tool_version(binary: Path) -> str:
     """The version a PostgreSQL client program reports, e.g. '18.6' for 'pg_dump (PostgreSQL) 18.6'."""
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
+        out = run([str(binary), "--version"], timeout=30).text
+    except (OSError, CommandFailed) as error:
         raise PgToolError(f"{binary} --version failed: {error}") from None
     match = re.search(r"\)\s+(\d+(?:\.\d+)*)", out)
     if not match:
