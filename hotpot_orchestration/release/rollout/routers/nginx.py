@@ -22,12 +22,12 @@ import json
 import math
 import os
 import re
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hotpot_orchestration.platform.proc import CommandFailed, run
 from hotpot_orchestration.release.rollout.routers import (
     COLORS,
     RouterError,
@@ -140,8 +140,8 @@ class NginxRouter:
 
     # ---------------------------------------------------------------- changes
 
-    def _nginx(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.nginx_command, *args], capture_output=True, text=True, timeout=60)
+    def _nginx(self, *args: str) -> None:
+        run([*self.nginx_command, *args], timeout=60)
 
     def _workers(self) -> set[int]:
         """The master's children: its workers (and cache processes, which never accept)."""
@@ -159,17 +159,19 @@ class NginxRouter:
         """Write, test, reload; on a rejected config the previous file is restored and RouterError raised."""
         previous = self.upstream_conf.read_text() if self.upstream_conf.exists() else None
         self._write(self.render(state))
-        checked = self._nginx("-t")
-        if checked.returncode != 0:
+        try:
+            self._nginx("-t")
+        except CommandFailed as rejected:
             if previous is None:
                 self.upstream_conf.unlink()
             else:
                 self._write(previous)
-            raise RouterError(f"nginx -t rejected the upstream for {state}:\n{checked.stderr.strip()}")
+            raise RouterError(f"nginx -t rejected the upstream for {state}:\n{rejected.tail}") from None
         old_workers = self._workers()
-        reloaded = self._nginx("-s", "reload")
-        if reloaded.returncode != 0:
-            raise RouterError(f"nginx -s reload failed:\n{reloaded.stderr.strip()}")
+        try:
+            self._nginx("-s", "reload")
+        except CommandFailed as failed:
+            raise RouterError(f"nginx -s reload failed:\n{failed.tail}") from None
         self._wait_until_old_workers_stop_accepting(old_workers)
         return state
 
