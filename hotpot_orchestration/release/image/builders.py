@@ -11,14 +11,17 @@ Builds are reproducible: the image creation time and file times come from the co
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hotpot_orchestration.platform.proc import CommandFailed, last_lines, run
+
 LOCAL_TAG = "localhost/hotpot-build:latest"
+# As long as a build in a kaniko Job may take (KanikoSettings.timeout_seconds' default).
+BUILD_TIMEOUT_SECONDS = 1800
 
 
 class BuilderUnavailable(RuntimeError):
@@ -41,19 +44,14 @@ class BuildRequest:
     platform: str = "linux/amd64"
 
 
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _run(command: Sequence[str], log: Callable[[str], None], what: str, env: Mapping[str, str] | None = None):
+def _run(
+    command: Sequence[str], log: Callable[[str], None], what: str, env: Mapping[str, str] | None = None
+) -> None:
     log("$ " + " ".join(command))
-    result = subprocess.run(
-        list(command), capture_output=True, text=True, check=False, env=dict(env) if env is not None else None
-    )
-    if result.returncode != 0:
-        output = (result.stdout + "\n" + result.stderr).strip()
-        raise BuildFailed(f"{what} failed (exit code {result.returncode}):\n{_tail(output)}")
-    return result
+    try:
+        run(command, timeout=BUILD_TIMEOUT_SECONDS, env=env, merge_stderr=True)
+    except CommandFailed as failed:
+        raise BuildFailed(f"{what} failed ({failed.how}):\n{last_lines(failed.tail)}") from None
 
 
 class BuildahBuilder:
@@ -131,15 +129,13 @@ class DockerBuilder:
             (["buildx", "version"], "the buildx plugin"),
             (["info", "--format", "{{.ID}}"], "an engine"),
         ):
-            result = subprocess.run(
-                [self.binary, *probe], capture_output=True, text=True, check=False, timeout=30
-            )
-            if result.returncode != 0:
-                detail = _tail((result.stderr or result.stdout).strip(), 5)
+            try:
+                run([self.binary, *probe], timeout=30, merge_stderr=True)
+            except CommandFailed as failed:
                 raise BuilderUnavailable(
                     f"HOTPOT_IMAGE_BUILDER=docker needs {need}:"
-                    f" `{self.binary} {' '.join(probe)}` failed: {detail}"
-                )
+                    f" `{self.binary} {' '.join(probe)}` failed: {last_lines(failed.tail, 5)}"
+                ) from None
 
     def build_command(self, request: BuildRequest, archive: Path) -> list[str]:
         command = [self.binary, "buildx", "build", "--platform", request.platform]
@@ -165,6 +161,3 @@ class DockerBuilder:
         with tarfile.open(archive) as tar:
             tar.extractall(request.output, filter="data")
         archive.unlink()
-
-
-LOCAL_BUILDERS = {"buildah": BuildahBuilder, "docker": DockerBuilder}

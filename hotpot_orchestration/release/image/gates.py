@@ -9,8 +9,6 @@ after it are reported as not run. Every result keeps the tail of the gate's outp
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from hotpot_orchestration.platform.proc import CommandFailed, CommandTimedOut, last_lines, run
+
 GATES_FILE = "gates.yaml"
 DEFAULT_TIMEOUT_SECONDS = 600
-TAIL_LINES = 40
 
 
 class GateConfigError(ValueError):
@@ -101,38 +100,31 @@ def load_gates(source: Path, gates_file: str = GATES_FILE) -> list[Gate]:
     return parse_gates(data, str(path))
 
 
-def _tail(text: str, lines: int = TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
 def run_gate(gate: Gate, workdir: Path, env: Mapping[str, str] | None = None) -> GateResult:
     """Run one gate in `workdir` (stdout and stderr together); kill its whole process group on timeout."""
     environment = {**os.environ, **(env or {}), **gate.env}
     started = time.monotonic()
-    process = subprocess.Popen(
-        ["/bin/sh", "-c", gate.run],
-        cwd=workdir,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        output, _ = process.communicate(timeout=gate.timeout_seconds)
-        status = "passed" if process.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        status = "timed out"
-        output += f"\n[killed after {gate.timeout_seconds:g} s]".encode()
+        finished = run(
+            ["/bin/sh", "-c", gate.run],
+            timeout=gate.timeout_seconds,
+            env=environment,
+            cwd=workdir,
+            merge_stderr=True,
+        )
+        status, exit_code, output = "passed", finished.returncode, finished.tail
+    except CommandTimedOut as timed_out:
+        status, exit_code = "timed out", timed_out.returncode
+        output = f"{timed_out.tail}\n[killed after {gate.timeout_seconds:g} s]"
+    except CommandFailed as failed:
+        status, exit_code, output = "failed", failed.returncode, failed.tail
     return GateResult(
         name=gate.name,
         command=gate.run,
         status=status,
-        exit_code=process.returncode,
+        exit_code=exit_code,
         duration_seconds=time.monotonic() - started,
-        output_tail=_tail(output.decode(errors="replace")),
+        output_tail=last_lines(output),
     )
 
 

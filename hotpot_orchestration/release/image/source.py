@@ -12,12 +12,15 @@ import hashlib
 import io
 import os
 import shutil
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotpot_orchestration.platform.proc import CommandFailed, run
+
 DEFAULT_SHA_LENGTH = 12
+# git on a local checkout; `git archive` of a large tree included.
+GIT_TIMEOUT_SECONDS = 300
 
 
 class SourceError(RuntimeError):
@@ -38,21 +41,20 @@ class SourceSnapshot:
 
 
 def _git(cwd: Path, *args: str, binary: bool = False):
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=False)
-    if result.returncode != 0:
-        raise SourceError(
-            f"git {' '.join(args)} failed in {cwd}: {result.stderr.decode(errors='replace').strip()}"
-        )
-    return result.stdout if binary else result.stdout.decode().strip()
+    try:
+        result = run(["git", *args], cwd=cwd, timeout=GIT_TIMEOUT_SECONDS)
+    except CommandFailed as failed:
+        raise SourceError(f"git {' '.join(args)} failed in {cwd}: {failed.tail}") from None
+    return result.stdout if binary else result.text.strip()
 
 
 def _is_git_checkout(path: Path) -> bool:
     if shutil.which("git") is None:
         return False
-    result = subprocess.run(
-        ["git", "rev-parse", "--is-inside-work-tree"], cwd=path, capture_output=True, text=True, check=False
+    result = run(
+        ["git", "rev-parse", "--is-inside-work-tree"], cwd=path, timeout=GIT_TIMEOUT_SECONDS, check=False
     )
-    return result.returncode == 0 and result.stdout.strip() == "true"
+    return result.returncode == 0 and result.text.strip() == "true"
 
 
 def _tree_digest(root: Path) -> str:
