@@ -7,18 +7,14 @@ it is logged or returned.
 
 from __future__ import annotations
 
-import ctypes
 import re
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotpot_orchestration.platform.pg import PgTarget, tool_major_version
+from hotpot_orchestration.platform.proc import LONG_RUNNING_SECONDS, CommandFailed, run, spawn
 from hotpot_orchestration.restores.errors import RestoreSetupError
 
 # TOC entries that carry data, not schema: `pg_dump --schema-only` of the restored database has none of them.
@@ -48,22 +44,8 @@ _ROLE_REFERENCES = tuple(
     )
 )
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "(?P<name>[^"]+)"')
-
-
-# Linux: children get SIGKILL when the run's process dies, so a killed run leaves no pg_restore writing into
-# a scratch database that the next run is about to drop. Resolved here, not in the child: between fork and
-# exec the child may only do the bare minimum (another thread could hold the dynamic loader's lock).
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _run(argv: list[str], stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, stdin=stdin, capture_output=True, text=True, preexec_fn=_die_with_parent)
+# Reading a table of contents or a schema takes seconds even for large databases: a hang ends here.
+SCHEMA_TIMEOUT_SECONDS = 900
 
 
 def major_of(version: str) -> int:
@@ -101,11 +83,12 @@ def _toc_entries(listing: str, *, exclude: tuple[str, ...]) -> Counter:
 
 def archive_schema(bin_dir: Path, archive: Path, *, with_privileges: bool) -> Counter:
     """Schema entries of a custom-format archive, from `pg_restore --list`."""
-    result = _run([str(bin_dir / "pg_restore"), "--list", str(archive)])
-    if result.returncode != 0:
-        raise RestoreSetupError(f"pg_restore --list cannot read the dump: {result.stderr.strip()}")
+    try:
+        listing = run([str(bin_dir / "pg_restore"), "--list", str(archive)], timeout=SCHEMA_TIMEOUT_SECONDS)
+    except CommandFailed as failed:
+        raise RestoreSetupError(f"pg_restore --list cannot read the dump: {failed.tail}") from None
     exclude = DATA_ENTRIES if with_privileges else DATA_ENTRIES + PRIVILEGE_ENTRIES
-    return _toc_entries(result.stdout, exclude=exclude)
+    return _toc_entries(listing.text, exclude=exclude)
 
 
 def database_schema(bin_dir: Path, target: PgTarget, *, with_privileges: bool) -> Counter:
@@ -114,30 +97,20 @@ def database_schema(bin_dir: Path, target: PgTarget, *, with_privileges: bool) -
     dump = [str(bin_dir / "pg_dump"), "--format=custom", "--schema-only"]
     if not with_privileges:
         dump.append("--no-privileges")
-    # pg_dump's stderr goes to a file: a pipe nobody reads while pg_restore drains stdout could fill up.
-    with (
-        tempfile.TemporaryFile() as dump_stderr,
-        subprocess.Popen(
-            dump,
-            env=target.env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=dump_stderr,
-            preexec_fn=_die_with_parent,
-        ) as pg_dump,
-    ):
-        listing = _run([str(bin_dir / "pg_restore"), "--list"], stdin=pg_dump.stdout)
-        pg_dump.stdout.close()
-        pg_dump.wait()
-        dump_stderr.seek(0)
-        dump_errors = dump_stderr.read().decode(errors="replace")
-    if pg_dump.returncode != 0 or listing.returncode != 0:
-        raise RestoreSetupError(
-            f"cannot read the schema of {target.display}: "
-            + target.redact((dump_errors + listing.stderr).strip())
+    with spawn(dump, env=target.env(), timeout=SCHEMA_TIMEOUT_SECONDS) as pg_dump:
+        listing = run(
+            [str(bin_dir / "pg_restore"), "--list"],
+            stdin=pg_dump.stdout,
+            timeout=SCHEMA_TIMEOUT_SECONDS,
+            check=False,
         )
+        pg_dump.stdout.close()  # pg_restore alone reads it: pg_dump must not block if it stopped early
+        dumped = pg_dump.wait()
+    if dumped != 0 or listing.returncode != 0:
+        errors = "\n".join(tail for tail in (pg_dump.tail(), listing.tail) if tail)
+        raise RestoreSetupError(f"cannot read the schema of {target.display}: {errors}")
     exclude = DATA_ENTRIES if with_privileges else DATA_ENTRIES + PRIVILEGE_ENTRIES
-    return _toc_entries(listing.stdout, exclude=exclude)
+    return _toc_entries(listing.text, exclude=exclude)
 
 
 def schema_differences(archived: Counter, restored: Counter) -> list[str]:
@@ -160,10 +133,14 @@ def roles_in_script(script: str) -> set[str]:
 
 def referenced_roles(bin_dir: Path, archive: Path) -> set[str]:
     """Roles the archive's DDL needs to exist when restored with its owners and privileges."""
-    result = _run([str(bin_dir / "pg_restore"), "--schema-only", "--file=-", str(archive)])
-    if result.returncode != 0:
-        raise RestoreSetupError(f"pg_restore cannot read the dump's schema: {result.stderr.strip()}")
-    return roles_in_script(result.stdout)
+    try:
+        script = run(
+            [str(bin_dir / "pg_restore"), "--schema-only", "--file=-", str(archive)],
+            timeout=SCHEMA_TIMEOUT_SECONDS,
+        )
+    except CommandFailed as failed:
+        raise RestoreSetupError(f"pg_restore cannot read the dump's schema: {failed.tail}") from None
+    return roles_in_script(script.text)
 
 
 def missing_roles(target: PgTarget, roles: set[str]) -> list[str]:
@@ -246,11 +223,11 @@ def run_pg_restore(
     env = target.env()
     env["PGOPTIONS"] = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
     started = time.monotonic()
-    result = subprocess.run(
-        argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, preexec_fn=_die_with_parent
-    )
+    # Only the last few KiB of pg_restore's messages are judged: its final "errors ignored" count is among
+    # them, and the manifest checks after the restore catch what an earlier, cut-off message was about.
+    result = run(argv, env=env, timeout=LONG_RUNNING_SECONDS, check=False)
     seconds = time.monotonic() - started
-    stderr = target.redact(result.stderr)
+    stderr = result.tail
     errors, tolerated, ignored = judge_stderr(stderr, server_major=server_major, restore_major=restore_major)
     if result.returncode != 0 and not errors and not tolerated:
         errors.append(f"pg_restore exited with code {result.returncode}: {stderr.strip() or '(no output)'}")
