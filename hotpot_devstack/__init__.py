@@ -7,7 +7,7 @@ port on 127.0.0.1 and a private temp dir removed on stop. Plain Python: no Dagst
 from ._process import MissingProgram, ServiceError, free_port, port_is_open
 from .nginx import Nginx
 from .postgres import Postgres
-from .prometheus import Prometheus
+from .prometheus import PrometheusServer
 from .registry import Registry, push_test_image
 from .release_target import API_JOB, COLORS, ReleaseTarget
 from .s3 import S3Server
@@ -25,7 +25,7 @@ __all__ = [
     "MissingProgram",
     "Nginx",
     "Postgres",
-    "Prometheus",
+    "PrometheusServer",
     "Registry",
     "ReleaseTarget",
     "S3Server",

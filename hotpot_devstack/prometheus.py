@@ -15,7 +15,7 @@ DEFAULT_JOB = "hotpot"
 Targets = Mapping[str, Iterable[str] | Mapping[str, Mapping[str, str]]] | Iterable[str]
 
 
-class Prometheus(Service):
+class PrometheusServer(Service):
     """Prometheus on 127.0.0.1:<free port>, TSDB in its temp dir.
 
     `targets` is a list of "host:port" (scraped as job "hotpot"), or a mapping job name -> list of
@@ -80,16 +80,6 @@ class Prometheus(Service):
         }
         (self.tmp / "prometheus.yml").write_text(json.dumps(config, indent=2))  # JSON is valid YAML
 
-    def set_targets(self, targets: Targets, timeout: float = 30.0) -> None:
-        """Replace the scrape targets of the running server (config rewrite + /-/reload).
-
-        Returns once every target has been scraped at least once, like `start()`.
-        """
-        self.targets = self._jobs(targets)
-        self._write_config()
-        httpx.post(f"{self.url}/-/reload", timeout=30).raise_for_status()
-        self._wait_until(self._scraped_all, "the first scrape of every target", timeout)
-
     def _scraped_all(self) -> bool:
         """Every configured target is active and has been scraped (up or down, no longer "unknown")."""
         # Service discovery hands new targets to the scrapers at most every 5 s, so this can take a while.
@@ -122,7 +112,6 @@ class Prometheus(Service):
                 f"--config.file={self.tmp / 'prometheus.yml'}",
                 f"--storage.tsdb.path={self.tmp / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",  # /-/reload for set_targets
             ]
         )
         self._wait_until(

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 
-from hotpot_devstack import API_JOB, COLORS, Nginx, Prometheus, ReleaseTarget, Traffic
+from hotpot_devstack import API_JOB, COLORS, Nginx, PrometheusServer, ReleaseTarget, Traffic
 from hotpot_devstack.backups import write_backup_record
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
@@ -181,7 +181,7 @@ class ReleaseStack:
         return self.target.nginx
 
     @property
-    def prometheus(self) -> Prometheus:
+    def prometheus(self) -> PrometheusServer:
         return self.target.prometheus
 
     def router_resource(self) -> TrafficRouterResource:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Self
 
 from .nginx import Nginx
-from .prometheus import Prometheus
+from .prometheus import PrometheusServer
 
 API_JOB = "hotpot-api"
 COLORS = ("blue", "green")
@@ -30,7 +30,7 @@ class ReleaseTarget:
         self.addresses = {color: addresses[color] for color in COLORS}
         self.nginx = Nginx({self.addresses["blue"]: 1}, upstream_file=True)
         targets = {API_JOB: {address: {"color": color} for color, address in self.addresses.items()}}
-        self.prometheus = Prometheus(targets, scrape_interval=scrape_interval, scrape_self=True)
+        self.prometheus = PrometheusServer(targets, scrape_interval=scrape_interval, scrape_self=True)
 
     def start(self) -> Self:
         try:

@@ -7,7 +7,7 @@ from typing import Self
 
 from .nginx import Nginx
 from .postgres import Postgres, WalArchive
-from .prometheus import Prometheus
+from .prometheus import PrometheusServer
 from .registry import Registry
 from .release_target import API_JOB, ReleaseTarget
 from .s3 import S3Server
@@ -55,7 +55,7 @@ class DevStack:
         return self._target().nginx
 
     @property
-    def prometheus(self) -> Prometheus:
+    def prometheus(self) -> PrometheusServer:
         return self._target().prometheus
 
     def _target(self) -> ReleaseTarget:

@@ -5,7 +5,7 @@ Session-scoped, shared by all tests (create your own databases, buckets and repo
   s3          S3Server: .endpoint_url, .access_key, .secret_key, .region, .client(), .create_bucket(name)
   seaweedfs   SeaweedFSServer: the same interface, from SeaweedFS (checks part checksums as AWS S3 does)
   registry    Registry without auth: .host ("127.0.0.1:PORT"), .url, .push_test_image(repo, tag)
-  prometheus  Prometheus scraping only itself: .url, .query(promql), .set_targets(...)
+  prometheus  PrometheusServer scraping only itself: .url, .query(promql)
 Function-scoped:
   s3_server        each test twice: once with `s3` (moto), once with `seaweedfs`
   fresh_s3         a private S3Server the test may stop ("S3 is down")
@@ -35,7 +35,7 @@ from hotpot_devstack import (
     DevStack,
     Nginx,
     Postgres,
-    Prometheus,
+    PrometheusServer,
     Registry,
     S3Server,
     seed_sample,
@@ -75,8 +75,8 @@ def registry() -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="session")
-def prometheus() -> Iterator[Prometheus]:
-    with Prometheus(scrape_self=True) as server:
+def prometheus() -> Iterator[PrometheusServer]:
+    with PrometheusServer(scrape_self=True) as server:
         yield server
 
 

@@ -21,12 +21,12 @@ from hotpot_devstack import (
     MissingProgram,
     Nginx,
     Postgres,
-    Prometheus,
+    PrometheusServer,
     Registry,
     ServiceError,
     port_is_open,
 )
-from hotpot_devstack.postgres import embedded_bin_dir
+from hotpot_orchestration.platform.pg import embedded_bin_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -186,7 +186,7 @@ def test_prometheus_scrapes_itself(prometheus):
     ("make", "program"),
     [
         (lambda: Nginx(program="/nonexistent/nginx"), "/nonexistent/nginx"),
-        (lambda: Prometheus(program="/nonexistent/prometheus"), "/nonexistent/prometheus"),
+        (lambda: PrometheusServer(program="/nonexistent/prometheus"), "/nonexistent/prometheus"),
         (lambda: Registry(program="/nonexistent/docker-registry"), "/nonexistent/docker-registry"),
         (lambda: Postgres(bin_dir="/nonexistent/bin"), "/nonexistent/bin/initdb"),
     ],
@@ -200,7 +200,7 @@ def test_missing_program_is_named(make, program):
 
 
 def test_a_service_that_dies_at_startup_reports_its_log():
-    service = Prometheus(program="/bin/false")
+    service = PrometheusServer(program="/bin/false")
     with pytest.raises(ServiceError, match="exited with code 1"):
         service.start()
     assert not service.running
