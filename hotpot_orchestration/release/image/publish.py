@@ -72,28 +72,20 @@ def read_layout(layout: Path) -> OciImage:
     return OciImage(layout, digest, media_type, body, (manifest["config"], *manifest["layers"]))
 
 
-@dataclass(frozen=True)
-class PushOutcome:
-    digest: str
-    pushed_tags: tuple[str, ...]
-    uploaded_blobs: int
-
-
-def push_image(registry: RegistryClient, repository: str, image: OciImage, tag: str) -> PushOutcome:
-    """Push under the immutable `tag`, then `latest`; a no-op if `tag` already names this digest."""
+def push_image(registry: RegistryClient, repository: str, image: OciImage, tag: str) -> tuple[str, ...]:
+    """Push under the immutable `tag`, then `latest`; returns the tags pushed: none if `tag` already names
+    this digest."""
     existing = registry.manifest_digest(repository, tag)
     if existing == image.digest:
-        return PushOutcome(image.digest, (), 0)
+        return ()
     if existing is not None:
         raise ImmutableTagError(
             f"{registry.registry}/{repository}:{tag} already names {existing}, but this build of the same "
             f"commit is {image.digest}: commit tags are immutable, so nothing was pushed (was the build not "
             f"reproducible, or was the tag pushed by something else?)"
         )
-    uploaded = sum(
+    for blob in image.blobs:
         registry.upload_blob(repository, blob["digest"], image.blob_path(blob["digest"]))
-        for blob in image.blobs
-    )
     for name in (tag, LATEST):
         registry.put_manifest(repository, name, image.manifest, image.media_type)
     stored = registry.manifest_digest(repository, tag)
@@ -101,7 +93,7 @@ def push_image(registry: RegistryClient, repository: str, image: OciImage, tag: 
         raise RegistryError(
             f"{registry.registry}/{repository}:{tag} reads back as {stored}, pushed {image.digest}"
         )
-    return PushOutcome(image.digest, (tag, LATEST), uploaded)
+    return (tag, LATEST)
 
 
 @dataclass(frozen=True)
@@ -216,8 +208,8 @@ class BuildSession:
             build_seconds = time.monotonic() - started
             image = read_layout(request.output)
             self.log(f"built {image.digest} ({image.size_bytes} bytes) in {build_seconds:.1f} s")
-            pushed = push_image(registry, repository, image, snapshot.tag)
-            digest, size, pushed_tags = image.digest, image.size_bytes, pushed.pushed_tags
+            pushed_tags = push_image(registry, repository, image, snapshot.tag)
+            digest, size = image.digest, image.size_bytes
         if pushed_tags:
             self.log(f"pushed {registry.registry}/{repository} tags {', '.join(pushed_tags)} -> {digest}")
         else:
