@@ -14,7 +14,6 @@ removed by a later backup or by retention (`catalog.remove_orphans`) once older 
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from hotpot_orchestration.backups.errors import (
     database_error,
     s3_errors,
 )
-from hotpot_orchestration.backups.proc import running
 from hotpot_orchestration.backups.snapshot import ExportedSnapshot, Inventory
 from hotpot_orchestration.backups.stream import (
     MiB,
@@ -48,6 +46,7 @@ from hotpot_orchestration.backups.stream import (
     plan_part_size,
 )
 from hotpot_orchestration.platform.pg import PgTarget, PgToolError, tool_version
+from hotpot_orchestration.platform.proc import Child, CommandFailed, run, spawn
 
 # pg_dump compresses in one thread of its own, and that thread bounds a backup's speed (and how long the
 # snapshot holds back vacuum). zstd (PostgreSQL 16+, when built with it) at its default level is several
@@ -116,14 +115,13 @@ def _writes_zstd(pg_dump: Path, version: str) -> bool:
     if int(version.split(".")[0]) < 16:
         return False
     # A build without libzstd says so while checking its options, before it tries the (unreachable) server.
-    probe = subprocess.run(
+    probe = run(
         [str(pg_dump), "--format=custom", f"--compress={ZSTD}", "--file=/dev/null", "--no-password"],
         env={"PGHOST": "/nonexistent", "PGCONNECT_TIMEOUT": "1", "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
         timeout=30,
+        check=False,
     )
-    return "does not support compression" not in probe.stderr
+    return "does not support compression" not in probe.tail
 
 
 @dataclass(frozen=True)
@@ -157,12 +155,11 @@ def expected_max_dump_bytes(database_bytes: int) -> int:
     return 2 * database_bytes
 
 
-def _dump_failed(returncode: int, stderr: str, target: PgTarget, url_variable: str) -> BackupError:
-    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
-    classified = database_error(stderr, target, url_variable)
+def _dump_failed(failed: CommandFailed, target: PgTarget, url_variable: str) -> BackupError:
+    classified = database_error(failed.tail, target, url_variable)
     if isinstance(classified, CredentialsRefused):
         return classified
-    return type(classified)(f"pg_dump {how}; nothing was stored. {target.redact(stderr) or '(no output)'}")
+    return type(classified)(f"pg_dump {failed.how}; nothing was stored. {failed.tail or '(no output)'}")
 
 
 def _stalled(stall: UploadStalled, endpoint: str, stall_seconds: int) -> TransientBackupError:
@@ -294,9 +291,9 @@ def _log_start(dump: _Dump, notes: list[str]) -> None:
 
 
 def _upload_dump(
-    dump: _Dump, client: Any, process: subprocess.Popen, stderr, helpers: ThreadPoolExecutor
+    dump: _Dump, client: Any, process: Child, helpers: ThreadPoolExecutor
 ) -> tuple[Uploaded, Future[Inventory]]:
-    """pg_dump's output (`process`, its `stderr` tail) streamed into one S3 object, completed only once
+    """pg_dump's output (`process`) streamed into one S3 object, completed only once
     pg_dump exited 0; with the snapshot's inventory, taken meanwhile."""
 
     def stop_at_stall() -> None:
@@ -323,18 +320,20 @@ def _upload_dump(
             upload.consume(process.stdout)
         except UploadStalled as stall:
             raise _stalled(stall, dump.endpoint, dump.stall_seconds) from None
-        _check_pg_dump_exit(dump, process.wait(), stderr.text())
+        _check_pg_dump_exit(dump, process)
         # The exact counts, in pg_dump's snapshot, are taken while S3 assembles the object: during the
         # dump their scans would take CPU from pg_dump's.
         counts = helpers.submit(dump.snapshot.inventory)
         return upload.complete(), counts
 
 
-def _check_pg_dump_exit(dump: _Dump, returncode: int, stderr: str) -> None:
-    if returncode != 0:
-        raise _dump_failed(returncode, stderr, dump.target, dump.url_variable)
-    if stderr:
-        dump.log(f"pg_dump warned: {dump.target.redact(stderr)}")
+def _check_pg_dump_exit(dump: _Dump, process: Child) -> None:
+    try:
+        process.check()
+    except CommandFailed as failed:
+        raise _dump_failed(failed, dump.target, dump.url_variable) from None
+    if process.tail():
+        dump.log(f"pg_dump warned: {process.tail()}")
 
 
 def _manifest_of(dump: _Dump, uploaded: Uploaded, inventory: Inventory) -> dict[str, Any]:
@@ -379,11 +378,12 @@ def _store(
     """The dump in S3, then its manifest beside it; on any failure, nothing that looks like a backup."""
     uploaded = None
     try:
-        with running(dump.command, dump.target.env()) as (process, stderr):
+        # pg_dump's deadline is spawn's long default: a stall or the run's max_runtime ends it sooner.
+        with spawn(dump.command, env=dump.target.env()) as process:
             # pg_dump reads the catalog meanwhile; if the bucket cannot be used, it is killed unread.
             client, notes, orphans = bucket_ready.result()
             _log_start(dump, notes)
-            uploaded, counts = _upload_dump(dump, client, process, stderr, helpers)
+            uploaded, counts = _upload_dump(dump, client, process, helpers)
         inventory = counts.result()
         manifest = _manifest_of(dump, uploaded, inventory)
         with s3_errors(dump.endpoint, f"writing s3://{dump.bucket}/{dump.manifest_key}"):

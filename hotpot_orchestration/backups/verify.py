@@ -19,8 +19,8 @@ from typing import Any
 
 from hotpot_orchestration.backups.catalog import Backup
 from hotpot_orchestration.backups.errors import s3_error, s3_errors
-from hotpot_orchestration.backups.proc import running
 from hotpot_orchestration.backups.stream import MiB, PartHasher, same_s3_checksum
+from hotpot_orchestration.platform.proc import PIPE, spawn
 
 # pg_dump writes a comment before every archive entry: "-- [Data for ]Name: x; Type: TABLE DATA; ...".
 # Only lines inside entries of the right type are parsed, so SQL text inside a function body that happens
@@ -203,7 +203,7 @@ def verify_backup(
         finally:
             stdin.close()
 
-    with running([str(bin_dir / "pg_restore"), "--file=-"], stdin=True) as (process, stderr):
+    with spawn([str(bin_dir / "pg_restore"), "--file=-"], stdin=PIPE) as process:
         feeder = threading.Thread(target=feed, args=(process.stdin,), name="archive-feed", daemon=True)
         feeder.start()
         watchdog = threading.Thread(
@@ -224,7 +224,7 @@ def verify_backup(
     if stalled.is_set():
         problems.append(f"pg_restore made no progress for {stall_seconds:.0f} s and was stopped")
     elif returncode != 0:
-        problems.append(f"pg_restore could not read the archive (exit {returncode}): {stderr.text()}")
+        problems.append(f"pg_restore could not read the archive (exit {returncode}): {process.tail()}")
     problems += compare(
         backup.manifest,
         contents,
