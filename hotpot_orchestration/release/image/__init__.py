@@ -16,9 +16,17 @@ from hotpot_orchestration.release.image.resource import (
     RegistryResource,
     ReleaseImageResource,
 )
-from hotpot_orchestration.release.rollout.releases import CANARY_JOB, PRODUCTION_ASSET, RELEASE_QUEUE_TAG
+from hotpot_orchestration.release.rollout.releases import (
+    CANARY_JOB,
+    GROUP,
+    PRODUCTION_ASSET,
+    RELEASE_QUEUE_TAG,
+)
 from hotpot_orchestration.settings import Settings
 
+API_IMAGE = dg.AssetKey("api_image")
+BUILD_JOB = "build_image_job"
+TAG_SENSOR = "new_image_tag_sensor"
 RUN_TAG_IMAGE_TAG = "hotpot/image-tag"
 RUN_TAG_IMAGE_DIGEST = "hotpot/image-digest"
 RUN_TAG_IMAGE_REPOSITORY = "hotpot/image-repository"
@@ -54,8 +62,8 @@ def _gate_observation(asset_key: dg.AssetKey, result) -> dg.AssetObservation:
 
 
 @dg.asset(
-    name="api_image",
-    group_name="release",
+    key=API_IMAGE,
+    group_name=GROUP,
     kinds={"oci"},
     # No op config at all: without a schema Dagster would accept any `ops.api_image.config` at launch.
     config_schema={},
@@ -151,7 +159,7 @@ def api_image(
 
 
 build_image_job = dg.define_asset_job(
-    "build_image_job",
+    BUILD_JOB,
     selection=dg.AssetSelection.assets(api_image),
     description="Run the source's CI gates, build the API image, push it as its commit tag and `latest`.",
     tags=RELEASE_POD_TAGS,
@@ -219,7 +227,7 @@ def image_tag_sensor(auto_release: bool) -> dg.SensorDefinition:
     """`new_image_tag_sensor`: running from the first deployment with `auto_release` (HOTPOT_AUTO_RELEASE),
     otherwise stopped until an operator starts it."""
     return dg.sensor(
-        name="new_image_tag_sensor",
+        name=TAG_SENSOR,
         job_name=CANARY_JOB,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING if auto_release else dg.DefaultSensorStatus.STOPPED,
