@@ -113,3 +113,13 @@ class Traffic:
     @property
     def running(self) -> bool:
         return any(thread.is_alive() for thread in self._threads)
+
+    def between(self, start: float, end: float) -> list[Hit]:
+        with self._lock:
+            return [hit for hit in self._hits if start <= hit.at < end]
+
+    @staticmethod
+    def share(hits: list[Hit], color: str) -> float:
+        """Percentage of answered requests that `color` served."""
+        answered = [hit for hit in hits if hit.color is not None]
+        return 100.0 * sum(hit.color == color for hit in answered) / max(1, len(answered))
