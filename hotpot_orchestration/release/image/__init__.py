@@ -4,6 +4,7 @@ The work is in plain modules (`publish`, `gates`, `builders`, `kaniko`, `watch`,
 client in `hotpot_orchestration.platform.registry`); this module only adapts them to Dagster.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -61,6 +62,52 @@ def _gate_observation(asset_key: dg.AssetKey, result) -> dg.AssetObservation:
     )
 
 
+def _reported_gates(context: dg.AssetExecutionContext, session) -> Iterator[dg.AssetObservation]:
+    """Runs the session's gates, logging each and reporting it as an observation as soon as it ends."""
+    for result in session.gates():
+        line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s"
+        if result.status in ("failed", "timed out"):
+            context.log.error(f"{line}\n{result.output_tail}")
+        else:
+            context.log.info(line)
+        yield _gate_observation(context.asset_key, result)
+
+
+def _gate_failure(failed) -> dg.Failure:
+    """The step's failure for a `GateFailed`: the gate, its command and its output's tail."""
+    return dg.Failure(
+        description=f"gate {failed.result.name!r} {failed.result.status}: the image was not built",
+        metadata={
+            "gate": failed.result.name,
+            "command": failed.result.command,
+            "exit_code": failed.result.exit_code if failed.result.exit_code is not None else -1,
+            "output_tail": _code_block(failed.result.output_tail),
+            "gates": ", ".join(f"{r.name}: {r.status}" for r in failed.results),
+        },
+        allow_retries=False,
+    )
+
+
+def _build_metadata(build) -> dict[str, Any]:
+    """What api_image's materialization records about an `ImageBuild`."""
+    return {
+        "image": build.reference,
+        "digest": build.digest,
+        "tag": build.tag,
+        "repository": f"{build.registry}/{build.repository}",
+        "size_bytes": build.size_bytes,
+        "build_seconds": build.build_seconds,
+        "commit": build.commit,
+        "commit_time": dg.MetadataValue.timestamp(float(build.commit_time)),
+        "builder": build.builder,
+        "pushed": build.pushed,
+        "pushed_tags": ", ".join(build.pushed_tags) or "none (the commit tag already held this digest)",
+        "gates": ", ".join(f"{g.name}: {g.status} ({g.duration_seconds:.1f} s)" for g in build.gates)
+        or "none",
+        "dirty_checkout": build.dirty_checkout,
+    }
+
+
 @dg.asset(
     key=API_IMAGE,
     group_name=GROUP,
@@ -109,26 +156,10 @@ def api_image(
                 log=context.log.info,
             ) as session,
         ):
-            for result in session.gates():
-                line = f"gate {result.name}: {result.status} in {result.duration_seconds:.1f} s"
-                if result.status in ("failed", "timed out"):
-                    context.log.error(f"{line}\n{result.output_tail}")
-                else:
-                    context.log.info(line)
-                yield _gate_observation(context.asset_key, result)
+            yield from _reported_gates(context, session)
             build = session.build_and_push()
     except GateFailed as failed:
-        raise dg.Failure(
-            description=f"gate {failed.result.name!r} {failed.result.status}: the image was not built",
-            metadata={
-                "gate": failed.result.name,
-                "command": failed.result.command,
-                "exit_code": failed.result.exit_code if failed.result.exit_code is not None else -1,
-                "output_tail": _code_block(failed.result.output_tail),
-                "gates": ", ".join(f"{r.name}: {r.status}" for r in failed.results),
-            },
-            allow_retries=False,
-        ) from None
+        raise _gate_failure(failed) from None
     except (
         BuilderUnavailable,
         BuildFailed,
@@ -138,24 +169,7 @@ def api_image(
         SourceError,
     ) as error:
         raise dg.Failure(description=str(error), allow_retries=False) from error
-
-    metadata: dict[str, Any] = {
-        "image": build.reference,
-        "digest": build.digest,
-        "tag": build.tag,
-        "repository": f"{build.registry}/{build.repository}",
-        "size_bytes": build.size_bytes,
-        "build_seconds": build.build_seconds,
-        "commit": build.commit,
-        "commit_time": dg.MetadataValue.timestamp(float(build.commit_time)),
-        "builder": build.builder,
-        "pushed": build.pushed,
-        "pushed_tags": ", ".join(build.pushed_tags) or "none (the commit tag already held this digest)",
-        "gates": ", ".join(f"{g.name}: {g.status} ({g.duration_seconds:.1f} s)" for g in build.gates)
-        or "none",
-        "dirty_checkout": build.dirty_checkout,
-    }
-    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(build.digest))
+    yield dg.MaterializeResult(metadata=_build_metadata(build), data_version=dg.DataVersion(build.digest))
 
 
 build_image_job = dg.define_asset_job(
