@@ -9,13 +9,12 @@ chain (the environment), never a command line. Every failure names the program a
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from hotpot_orchestration.platform import proc
 from hotpot_orchestration.platform.pg import PgTarget
 
 # What barman-cloud prints on failure is short; more than this is noise in a step's error.
@@ -128,24 +127,20 @@ class BarmanCloud:
         return json.loads(run(argv, env=env))[backup_id]
 
 
-def run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None) -> str:
-    """Run a barman-cloud program; its stdout, or BarmanError naming it with the end of its output."""
+def run(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout: float = proc.LONG_RUNNING_SECONDS
+) -> str:
+    """Run a barman-cloud program; its stdout, or BarmanError naming it with the end of its output. The
+    default deadline is a long one: a base backup or restore of a large cluster takes hours."""
     try:
-        result = subprocess.run(
-            argv,
-            env=env if env is not None else dict(os.environ),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        result = proc.run(argv, env=env, timeout=timeout, check=False)
     except FileNotFoundError:
         raise BarmanError(
             f"{argv[0]} not found: install the Python package `barman[cloud]` (a project dependency)"
         ) from None
-    except subprocess.TimeoutExpired:
+    except proc.CommandTimedOut:
         raise BarmanError(f"{Path(argv[0]).name} did not finish within {timeout:.0f} s") from None
     if result.returncode != 0:
-        output = (result.stderr.strip() or result.stdout.strip())[-_OUTPUT_TAIL:]
+        output = (result.tail or result.text.strip())[-_OUTPUT_TAIL:]
         raise BarmanError(f"{Path(argv[0]).name} failed (exit {result.returncode}): {output}")
-    return result.stdout
+    return result.text

@@ -14,11 +14,12 @@ import hashlib
 import os
 import pwd
 import shutil
-import subprocess
 import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+
+from hotpot_orchestration.platform.proc import run
 
 # Standard-library parts barman never imports: left out of the copy.
 _UNUSED_STDLIB = ("site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3")
@@ -57,8 +58,7 @@ def can_execute(user: str | None, path: str | os.PathLike) -> bool:
     if user is None:
         return os.access(path, os.X_OK)
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    probe = subprocess.run([runuser, "-u", user, "--", "test", "-x", str(path)], capture_output=True)
-    return probe.returncode == 0
+    return run([runuser, "-u", user, "--", "test", "-x", str(path)], timeout=30, check=False).returncode == 0
 
 
 def _own_bin_dir() -> Path:
