@@ -14,8 +14,9 @@ from support.pitr import (
 )
 
 from hotpot_devstack import seed_sample
-from hotpot_orchestration.pitr.drill import DrillError, run_drill
+from hotpot_orchestration.pitr.drill import run_drill
 from hotpot_orchestration.pitr.physical import take_base_backup
+from hotpot_orchestration.pitr.recover import RecoveryError
 from hotpot_orchestration.platform.pg import PgTarget
 
 pytestmark = pytest.mark.slow
@@ -97,7 +98,7 @@ def test_a_missing_wal_segment_fails_the_drill_naming_it(source, root):
     client.delete_object(Bucket=barman.bucket, Key=missing)
     segment = missing.rsplit("/", 1)[1].split(".")[0]
 
-    with pytest.raises(DrillError, match=f"WAL segment {segment} is missing"):
+    with pytest.raises(RecoveryError, match=f"WAL segment {segment} is missing"):
         drill(source, root)
 
 
@@ -118,6 +119,6 @@ def test_a_corrupted_base_backup_file_fails_the_drill(source, root):
         body[offset] ^= 0xFF
     client.put_object(Bucket=barman.bucket, Key=data_key, Body=bytes(body), ServerSideEncryption="AES256")
 
-    with pytest.raises(DrillError, match="restoring base backup .* failed"):
+    with pytest.raises(RecoveryError, match="restoring base backup .* failed"):
         drill(source, root)
     assert list(root.iterdir()) == []

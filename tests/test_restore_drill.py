@@ -23,6 +23,7 @@ from psycopg import sql
 from hotpot_devstack import Postgres, seed_sample
 from hotpot_devstack.backups import take_verified_backup
 from hotpot_orchestration.backups.catalog import Backup, latest_backup, write_manifest
+from hotpot_orchestration.pitr.assets import PitrResource
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.platform.units import format_bytes, format_duration
@@ -85,6 +86,8 @@ def resources(postgres, s3, bucket: str, dbname: str) -> dict:
         "backup_storage": BackupStorageResource(
             bucket=bucket, prefix=PREFIX, endpoint_url=s3.endpoint_url, region=s3.region
         ),
+        # restore_database_job's point-in-time mode reads the WAL archive; logical restores never do.
+        "pitr": PitrResource(bucket=bucket, endpoint_url=s3.endpoint_url),
     }
 
 
@@ -438,7 +441,7 @@ def test_restore_job_puts_a_newer_dump_into_an_older_server(postgres, older_post
         },
         resources={
             "postgres": PostgresResource(url=older_postgres.url, pg_bin_dir=str(postgres.bin_dir)),
-            "backup_storage": resources(postgres, s3, bucket, source)["backup_storage"],
+            **{key: resources(postgres, s3, bucket, source)[key] for key in ("backup_storage", "pitr")},
         },
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

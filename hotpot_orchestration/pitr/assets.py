@@ -171,7 +171,8 @@ def build_pitr_assets(settings: Settings):
         pitr: PitrResource,
     ) -> dg.MaterializeResult:
         # On use: the row counts bring psycopg, which the code location's load must not import.
-        from hotpot_orchestration.pitr.drill import DrillError, run_drill
+        from hotpot_orchestration.pitr.drill import run_drill
+        from hotpot_orchestration.pitr.recover import RecoveryError
 
         try:
             result = run_drill(
@@ -184,7 +185,7 @@ def build_pitr_assets(settings: Settings):
                 env=dict(os.environ),
                 log=context.log.info,
             )
-        except (DrillError, BarmanError, RunAsError, PgToolError) as error:
+        except (RecoveryError, BarmanError, RunAsError, PgToolError) as error:
             raise dg.Failure(description=str(error)) from None
         for note in result.notes:
             context.log.warning(note)

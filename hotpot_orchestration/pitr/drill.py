@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from hotpot_orchestration.backups.catalog import Backup, list_backups
-from hotpot_orchestration.pitr.archive import archived_wal, first_gap
-from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
+from hotpot_orchestration.pitr.barman import BarmanCloud
+from hotpot_orchestration.pitr.recover import RecoveryError, base_backup_before, complete_wal, restore_base
 from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError, ScratchServer
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.restores.verify import check_tables
 
 # Sessions counting rows in the scratch server at once.
 COUNT_JOBS = 2
-
-
-class DrillError(RuntimeError):
-    """The drill could not recover, or what it recovered differs from the logical backup."""
 
 
 @dataclass
@@ -69,31 +64,14 @@ class DrillResult:
         }
 
 
-def _lsn(text: str) -> int:
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
 def newest_logical_with_restore_point(client, bucket: str, prefix: str, database: str) -> Backup:
     backups = [b for b in list_backups(client, bucket, prefix, database) if b.manifest.get("restore_point")]
     if not backups:
-        raise DrillError(
+        raise RecoveryError(
             f"no logical backup of {database} under s3://{bucket}/{prefix} records a restore point: run "
             "nightly_backup_job (postgres_backup) against a server with wal_level=replica or logical"
         )
     return backups[-1]
-
-
-def base_backup_before(barman: BarmanCloud, lsn: str, env: dict[str, str]) -> dict[str, Any]:
-    """The newest finished base backup that ends at or before `lsn` (recovery can start from it)."""
-    done = [b for b in barman.list_backups(env) if b.get("status") == "DONE" and b.get("end_xlog")]
-    usable = [b for b in done if _lsn(b["end_xlog"]) <= _lsn(lsn)]
-    if not usable:
-        raise DrillError(
-            f"no base backup in {barman.destination} (server {barman.server_name}) ends before the restore "
-            f"point at {lsn}: run physical_backup before the nightly logical backup"
-        )
-    return usable[-1]
 
 
 def source_last_commit(source: PgTarget) -> tuple[datetime | None, str | None]:
@@ -123,14 +101,7 @@ def run_drill(
     result = DrillResult(
         backup_id=base["backup_id"], manifest_key=logical.manifest_key, restore_point=point["name"]
     )
-    archived = archived_wal(client, barman)
-    gap = first_gap(archived, base["begin_wal"], int(base.get("xlog_segment_size") or 16 * 1024 * 1024))
-    if gap is not None:
-        raise DrillError(
-            f"WAL segment {gap} is missing from s3://{barman.bucket}/{barman.server_prefix}wals/: "
-            f"base backup "
-            f"{base['backup_id']} cannot be recovered past it"
-        )
+    archived = complete_wal(client, barman, base)
     result.source_last_commit, note = source_last_commit(source)
     if note:
         result.notes.append(note)
@@ -141,16 +112,7 @@ def run_drill(
     )
     started = time.monotonic()
     with ScratchServer(bin_dir, barman, root=root, env=env, log=log) as scratch:
-        try:
-            timeline, begin = base["begin_wal"][:8], base["begin_wal"]
-            needed = {s: key for s, key in archived.keys.items() if s[:8] == timeline and s >= begin}
-            # The WAL downloads beside the base backup's: each waits on S3 more than on a core.
-            with ThreadPoolExecutor(1) as side:
-                prefetch = side.submit(scratch.prefetch_wal, client, needed)
-                scratch.restore(base["backup_id"])
-                prefetched = prefetch.result()
-        except (BarmanError, ScratchError) as error:
-            raise DrillError(f"restoring base backup {base['backup_id']} failed: {error}") from None
+        prefetched = restore_base(scratch, client, base, archived)
         result.restore_seconds = time.monotonic() - started
         log(
             f"base backup and {prefetched} WAL segments restored in {result.restore_seconds:.1f} s; "
@@ -166,7 +128,7 @@ def run_drill(
             )
             result.tables, result.rows = check.tables, check.rows
             if check.differences:
-                raise DrillError(
+                raise RecoveryError(
                     f"at restore point {point['name']} the recovered {source.dbname} differs from "
                     f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
                 )
@@ -183,7 +145,7 @@ def run_drill(
             with scratch.target("postgres", source.user).connect() as conn:
                 row = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
         except ScratchError as error:
-            raise DrillError(f"recovering base backup {base['backup_id']} failed: {error}") from None
+            raise RecoveryError(f"recovering base backup {base['backup_id']} failed: {error}") from None
     result.recovered_last_commit = row[0] if row else None
     if result.source_last_commit and result.recovered_last_commit:
         lag = (result.source_last_commit - result.recovered_last_commit).total_seconds()

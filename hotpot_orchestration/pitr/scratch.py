@@ -252,10 +252,15 @@ class ScratchServer:
         prefetched = self.data.parent / "wal"
         if prefetched.is_dir():  # a prefetched segment is copied; anything else comes from the archive
             restore_command = f"cp '{prefetched}/%f' '%p' 2>/dev/null || {restore_command}"
-        settings = {
-            "restore_command": restore_command,
+        targets = {
             "recovery_target_name": target_name or "",
             "recovery_target_time": target_time.isoformat() if target_time else "",
+        }
+        settings = {
+            "restore_command": restore_command,
+            # Cleared targets first: PostgreSQL refuses a target that is cleared after another one was set
+            # ("multiple recovery targets specified").
+            **dict(sorted(targets.items(), key=lambda item: bool(item[1]))),
             "recovery_target_action": "pause" if pause_at_target else "promote",
             # A scratch copy must never write into the production archive.
             "archive_mode": "off",

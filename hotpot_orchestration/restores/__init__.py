@@ -5,6 +5,7 @@ inside the steps so that loading the code location does not load psycopg or boto
 them to Dagster.
 """
 
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -12,9 +13,10 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.backups.checks import BACKUP
+from hotpot_orchestration.pitr.assets import PitrResource
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.platform.units import format_bytes, format_duration
-from hotpot_orchestration.restores.errors import DEFAULT_LOCK_TIMEOUT_SECONDS, RestoreError
+from hotpot_orchestration.restores.errors import DEFAULT_LOCK_TIMEOUT_SECONDS, RestoreError, RestoreSetupError
 from hotpot_orchestration.settings import Settings, load_settings
 
 DRILL_ASSET = dg.AssetKey("restore_drill")
@@ -63,6 +65,17 @@ class RestoreDatabaseConfig(dg.Config):
     backup_key: str | None = Field(
         default=None, description="S3 key of the dump (or its manifest) to restore"
     )
+    target_time: str | None = Field(
+        default=None,
+        description="point in time: HOTPOT_DATABASE_URL's database as of this moment (ISO 8601 with its "
+        "offset, e.g. 2026-03-01T18:30:00Z), recovered from the newest base backup before it and the WAL "
+        "archive",
+    )
+    restore_point: str | None = Field(
+        default=None,
+        description="point in time: HOTPOT_DATABASE_URL's database at this named restore point (each "
+        "nightly backup records one, named in its manifest), recovered from the WAL archive",
+    )
     replace: bool = Field(
         default=False, description="drop a non-empty target and put the backup in its place"
     )
@@ -94,12 +107,19 @@ def _report_metadata(report, bucket: str) -> dict[str, object]:
     megabytes_per_second = (
         report.dump_bytes / 1e6 / report.download_seconds if report.download_seconds else 0.0
     )
+    backup = report.backup
+    if backup.manifest_key:
+        source = {
+            "backup": dg.MetadataValue.path(f"s3://{bucket}/{backup.dump_key}"),
+            "backup_partition": backup.partition,
+            "backup_created_at": backup.created_at.isoformat(),
+            "sha256": backup.manifest["sha256"],
+        }
+    else:  # a point in time: the database recovered from the WAL archive, copied with pg_dump
+        source = {"recovered": backup.dump_key, "newest_commit_recovered": backup.created_at.isoformat()}
     return {
         "passed": report.passed,
-        "backup": dg.MetadataValue.path(f"s3://{bucket}/{report.backup.dump_key}"),
-        "backup_partition": report.backup.partition,
-        "backup_created_at": report.backup.created_at.isoformat(),
-        "sha256": report.backup.manifest["sha256"],
+        **source,
         "scratch_database": report.scratch_database or "(not created)",
         # Seconds and bytes for the plots, each with its readable companion.
         "rto_seconds": dg.MetadataValue.float(round(report.rto_seconds, 2)),
@@ -224,9 +244,102 @@ def restore_drill_recent(context: dg.AssetCheckExecutionContext) -> dg.AssetChec
     )
 
 
+def _restore_backup(context, config, server, postgres, backup_storage, keep):
+    from hotpot_orchestration.restores import procedure
+
+    client = backup_storage.client()
+    backup = procedure.select_backup(
+        client,
+        backup_storage.bucket,
+        backup_storage.prefix,
+        database=None if config.backup_key else server.dbname,
+        partition=config.partition,
+        key=config.backup_key,
+    )
+    if not backup.verified:
+        context.log.warning(f"{backup.dump_key} was never verified after it was taken; restoring it as asked")
+    context.log.info(
+        f"restoring {backup.dump_key} into {config.target_database!r} on {server.host}:{server.port}"
+    )
+    return procedure.restore_backup(
+        client,
+        backup_storage.bucket,
+        backup,
+        server,
+        postgres.bin_dir(),
+        _restore_options(config),
+        kind="restore",
+        keep=lambda scratch: keep(scratch, f"s3://{backup_storage.bucket}/{backup.dump_key}"),
+        avoid=(config.target_database,),
+        log=context.log.info,
+    )
+
+
+def _restore_point_in_time(context, config, server, postgres, backup_storage, pitr, keep):
+    # On use: recovery brings psycopg and the scratch server, which the code location's load must not import.
+    from hotpot_orchestration.pitr.barman import BarmanError
+    from hotpot_orchestration.pitr.recover import RecoveryError, RecoveryTarget
+    from hotpot_orchestration.pitr.runas import RunAsError
+    from hotpot_orchestration.platform.pg import PgToolError
+
+    try:
+        target = RecoveryTarget.parse(target_time=config.target_time, restore_point=config.restore_point)
+    except ValueError as error:
+        raise RestoreSetupError(str(error)) from None
+    context.log.info(f"restoring {server.dbname} as of {target.describe()} into {config.target_database!r}")
+    try:
+        return _recover_and_restore(context, config, target, server, postgres, backup_storage, pitr, keep)
+    except (RecoveryError, BarmanError, RunAsError, PgToolError) as error:
+        raise RestoreSetupError(str(error)) from None
+
+
+def _recover_and_restore(context, config, target, server, postgres, backup_storage, pitr, keep):
+    from hotpot_orchestration.pitr.recover import recovered
+    from hotpot_orchestration.restores.point_in_time import restore_point_in_time
+
+    with recovered(
+        target,
+        barman=pitr.barman(),
+        client=backup_storage.client(),
+        backup_bucket=backup_storage.bucket,
+        backup_prefix=backup_storage.prefix,
+        source=server,
+        bin_dir=postgres.bin_dir(),
+        env=dict(os.environ),
+        log=context.log.info,
+    ) as recovery:
+        return restore_point_in_time(
+            recovery,
+            server.dbname,
+            server.user,
+            server,
+            postgres.bin_dir(),
+            _restore_options(config),
+            keep=lambda scratch: keep(
+                scratch,
+                f"base backup {recovery.base_backup_id} and WAL in s3://{pitr.bucket}/{pitr.prefix} to "
+                f"{target.describe()}",
+            ),
+            avoid=(config.target_database,),
+            log=context.log.info,
+        )
+
+
+def _restore_options(config: RestoreDatabaseConfig):
+    from hotpot_orchestration.restores import procedure
+
+    return procedure.RestoreOptions(
+        jobs=config.jobs,
+        keep_owners_and_privileges=config.keep_owners_and_privileges,
+        work_dir=config.work_dir,
+        lock_timeout_seconds=config.lock_timeout_seconds,
+    )
+
+
 @dg.op(
     name="restore_database",
-    description="Restores the chosen backup into a scratch database, verifies it against its manifest and "
+    description="Restores the chosen backup (or the database as of a point in time, recovered from the WAL "
+    "archive) into a scratch database, verifies it against its manifest (or the recovered original) and "
     "only then puts it in the target's place. Never restores into postgres, the templates or "
     "HOTPOT_DRILL_DATABASE_URL's database. Refuses a non-empty target without replace: true and the "
     "target's name as confirm, a target with connected sessions without that confirm, and "
@@ -237,9 +350,10 @@ def restore_database(
     config: RestoreDatabaseConfig,
     postgres: PostgresResource,
     backup_storage: BackupStorageResource,
+    pitr: PitrResource,
 ) -> dg.Output[None]:
     from hotpot_orchestration.platform.pg import PgTarget
-    from hotpot_orchestration.restores import guard, procedure
+    from hotpot_orchestration.restores import guard
 
     server = postgres.target
     protected = server.dbname
@@ -253,52 +367,31 @@ def restore_database(
         backup_key=config.backup_key,
         replace=config.replace,
         confirm=config.confirm,
+        target_time=config.target_time,
+        restore_point=config.restore_point,
     )
-    options = procedure.RestoreOptions(
-        jobs=config.jobs,
-        keep_owners_and_privileges=config.keep_owners_and_privileges,
-        work_dir=config.work_dir,
-        lock_timeout_seconds=config.lock_timeout_seconds,
-    )
-    client = backup_storage.client()
     try:
         # Refusals come before anything is downloaded; they are checked again just before the swap.
         before = guard.check(request, server, protected_database=protected, drill_database=drill_database)
-        backup = procedure.select_backup(
-            client,
-            backup_storage.bucket,
-            backup_storage.prefix,
-            database=None if config.backup_key else protected,
-            partition=config.partition,
-            key=config.backup_key,
-        )
-        if not backup.verified:
-            context.log.warning(
-                f"{backup.dump_key} was never verified after it was taken; restoring it as asked"
-            )
         context.log.info(
-            f"restoring {backup.dump_key} into {config.target_database!r} on {server.host}:{server.port} "
-            f"(target now: {before.describe() if before.exists else 'does not exist'})"
+            f"target {config.target_database!r} on {server.host}:{server.port} now: "
+            f"{before.describe() if before.exists else 'does not exist'}"
         )
-        report = procedure.restore_backup(
-            client,
-            backup_storage.bucket,
-            backup,
-            server,
-            postgres.bin_dir(),
-            options,
-            kind="restore",
-            keep=lambda scratch: guard.put_in_place(
+
+        def keep(scratch, provenance: str) -> None:
+            guard.put_in_place(
                 scratch,
                 request,
                 server,
                 protected_database=protected,
                 drill_database=drill_database,
-                provenance=f"s3://{backup_storage.bucket}/{backup.dump_key}",
-            ),
-            avoid=(config.target_database,),
-            log=context.log.info,
-        )
+                provenance=provenance,
+            )
+
+        if config.target_time or config.restore_point:
+            report = _restore_point_in_time(context, config, server, postgres, backup_storage, pitr, keep)
+        else:
+            report = _restore_backup(context, config, server, postgres, backup_storage, keep)
     except RestoreError as error:
         raise _setup_failure(error) from None
     _log_warnings(context, report)

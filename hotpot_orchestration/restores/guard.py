@@ -46,15 +46,24 @@ class RestoreRequest:
     backup_key: str | None = None
     replace: bool = False
     confirm: str = ""
+    # Point-in-time mode: a moment of the WAL archive instead of a logical backup.
+    target_time: str | None = None
+    restore_point: str | None = None
 
 
 def choice_refusal(request: RestoreRequest) -> str | None:
-    """A real restore names its backup: exactly one of partition and backup_key."""
-    if bool(request.partition) == bool(request.backup_key):
-        given = "both" if request.partition else "neither"
+    """A real restore names what it restores: exactly one of partition, backup_key, target_time and
+    restore_point."""
+    given = [
+        name for name in ("partition", "backup_key", "target_time", "restore_point") if getattr(request, name)
+    ]
+    if len(given) != 1:
+        named = f"{' and '.join(given)} given" if given else "neither given"
         return (
-            f"name the backup to restore ({given} given): pass partition: 'YYYY-MM-DD' (that day's newest "
-            "verified backup) or backup_key: '<dump key in the bucket>', not both"
+            f"name the backup to restore ({'both given' if len(given) == 2 else named}): pass partition: "
+            "'YYYY-MM-DD' (that day's newest verified backup) or backup_key: '<dump key in the bucket>', or "
+            "for a point in time target_time: '<ISO 8601 time with offset>' or restore_point: '<name>'; "
+            "only one of them"
         )
     return None
 

@@ -133,16 +133,7 @@ def restore_backup(
     """
     manifest = backup.manifest
     report = RestoreReport(backup=backup, started_at=datetime.now(UTC))
-    restore_major = pgtools.check_pg_restore_can_read(bin_dir, manifest["pg_dump_version"])
-    report.cleaned_up = drop_abandoned(server, log=log, lock_timeout_seconds=options.lock_timeout_seconds)
-    target_major = server_major(server)
-    source_major = manifest["server_version_num"] // 10000
-    if target_major < source_major:
-        report.warnings.append(
-            f"the backup is of PostgreSQL {manifest['server_version']} and {server.host}:{server.port} runs "
-            f"PostgreSQL {target_major}: objects that need a newer server fail and are listed as differences"
-        )
-    with_privileges = options.keep_owners_and_privileges
+    majors = prepare(report, server, bin_dir, options, log=log)
     with work_dir(options.work_dir, log=log) as directory:
         check_free_space(directory, manifest["dump_bytes"])
         try:
@@ -159,48 +150,100 @@ def restore_backup(
             report.differences.append(f"checksum: {mismatch}; pg_restore was not run")
             return report
         report.dump_bytes, report.download_seconds = download.bytes, download.seconds
-        archived = pgtools.archive_schema(bin_dir, download.path, with_privileges=with_privileges)
-        if with_privileges:
-            missing = pgtools.missing_roles(server, pgtools.referenced_roles(bin_dir, download.path))
-            if missing:
-                raise RestoreSetupError(
-                    f"the backup's objects are owned by or granted to roles that do not exist on "
-                    f"{server.host}:{server.port}: {', '.join(missing)}. Create them first, or restore "
-                    f"without keep_owners_and_privileges (objects are then owned by {server.user}, "
-                    "without GRANTs)"
-                )
-        with ScratchDatabase(
-            server, kind, avoid=avoid, log=log, lock_timeout_seconds=options.lock_timeout_seconds
-        ) as scratch:
-            report.scratch_database = scratch.name
-            log(f"restoring {backup.dump_key} into {scratch.name} with pg_restore --jobs={options.jobs}")
-            run = pgtools.run_pg_restore(
-                bin_dir,
-                scratch.target,
-                download.path,
-                jobs=options.jobs,
-                keep_owners_and_privileges=with_privileges,
-                server_major=target_major,
-                restore_major=restore_major,
-            )
-            report.restore_seconds = run.seconds
-            report.differences += run.errors
-            report.warnings += run.tolerated
-            log(f"pg_restore finished in {run.seconds:.1f}s with exit code {run.returncode}")
-            started = time.monotonic()
-            tables = verify.check_tables(scratch.target, manifest["tables"], jobs=options.jobs)
-            with scratch.target.connect() as conn:
-                catalog = verify.check_catalog(conn, manifest)
-            restored = pgtools.database_schema(bin_dir, scratch.target, with_privileges=with_privileges)
-            report.verify_seconds = time.monotonic() - started
-            report.tables, report.rows = tables.tables, tables.rows
-            report.differences += (
-                tables.differences + catalog + pgtools.schema_differences(archived, restored)
-            )
-            log(
-                f"verified {report.tables} tables and {report.rows:,} rows against the manifest in "
-                f"{report.verify_seconds:.1f}s: {len(report.differences)} differences"
-            )
-            if report.passed and keep is not None:
-                keep(scratch)
+        restore_dump(
+            download.path,
+            report,
+            server,
+            bin_dir,
+            options,
+            kind=kind,
+            keep=keep,
+            avoid=avoid,
+            log=log,
+            majors=majors,
+        )
     return report
+
+
+def prepare(
+    report: RestoreReport,
+    server: PgTarget,
+    bin_dir: Path,
+    options: RestoreOptions,
+    *,
+    log: Callable[[str], None],
+) -> tuple[int, int]:
+    """Before anything is downloaded: pg_restore can read the dump, scratch databases a killed run left
+    are dropped, an older target server is warned about. (pg_restore's major, the server's major.)"""
+    manifest = report.backup.manifest
+    restore_major = pgtools.check_pg_restore_can_read(bin_dir, manifest["pg_dump_version"])
+    report.cleaned_up = drop_abandoned(server, log=log, lock_timeout_seconds=options.lock_timeout_seconds)
+    target_major = server_major(server)
+    if target_major < manifest["server_version_num"] // 10000:
+        report.warnings.append(
+            f"the backup is of PostgreSQL {manifest['server_version']} and {server.host}:{server.port} runs "
+            f"PostgreSQL {target_major}: objects that need a newer server fail and are listed as differences"
+        )
+    return restore_major, target_major
+
+
+def restore_dump(
+    dump: Path,
+    report: RestoreReport,
+    server: PgTarget,
+    bin_dir: Path,
+    options: RestoreOptions,
+    *,
+    kind: str,
+    keep: Callable[[ScratchDatabase], None] | None,
+    avoid: tuple[str, ...],
+    log: Callable[[str], None],
+    majors: tuple[int, int],
+) -> None:
+    """pg_restore `dump` into a scratch database and compare it with `report.backup`'s manifest, adding to
+    `report`; `keep` the scratch database when nothing differs (see `restore_backup`)."""
+    manifest = report.backup.manifest
+    restore_major, target_major = majors
+    with_privileges = options.keep_owners_and_privileges
+    archived = pgtools.archive_schema(bin_dir, dump, with_privileges=with_privileges)
+    if with_privileges:
+        missing = pgtools.missing_roles(server, pgtools.referenced_roles(bin_dir, dump))
+        if missing:
+            raise RestoreSetupError(
+                f"the backup's objects are owned by or granted to roles that do not exist on "
+                f"{server.host}:{server.port}: {', '.join(missing)}. Create them first, or restore "
+                f"without keep_owners_and_privileges (objects are then owned by {server.user}, "
+                "without GRANTs)"
+            )
+    with ScratchDatabase(
+        server, kind, avoid=avoid, log=log, lock_timeout_seconds=options.lock_timeout_seconds
+    ) as scratch:
+        report.scratch_database = scratch.name
+        log(f"restoring {report.backup.dump_key} into {scratch.name} with pg_restore --jobs={options.jobs}")
+        run = pgtools.run_pg_restore(
+            bin_dir,
+            scratch.target,
+            dump,
+            jobs=options.jobs,
+            keep_owners_and_privileges=with_privileges,
+            server_major=target_major,
+            restore_major=restore_major,
+        )
+        report.restore_seconds = run.seconds
+        report.differences += run.errors
+        report.warnings += run.tolerated
+        log(f"pg_restore finished in {run.seconds:.1f}s with exit code {run.returncode}")
+        started = time.monotonic()
+        tables = verify.check_tables(scratch.target, manifest["tables"], jobs=options.jobs)
+        with scratch.target.connect() as conn:
+            catalog = verify.check_catalog(conn, manifest)
+        restored = pgtools.database_schema(bin_dir, scratch.target, with_privileges=with_privileges)
+        report.verify_seconds = time.monotonic() - started
+        report.tables, report.rows = tables.tables, tables.rows
+        report.differences += tables.differences + catalog + pgtools.schema_differences(archived, restored)
+        log(
+            f"verified {report.tables} tables and {report.rows:,} rows against the manifest in "
+            f"{report.verify_seconds:.1f}s: {len(report.differences)} differences"
+        )
+        if report.passed and keep is not None:
+            keep(scratch)
