@@ -9,7 +9,6 @@ and the schema.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from hotpot_orchestration.backups.catalog import Backup
 from hotpot_orchestration.backups.snapshot import read_inventory
 from hotpot_orchestration.pitr.recover import Recovered, RecoveryError
+from hotpot_orchestration.platform import proc
 from hotpot_orchestration.platform.pg import PgTarget, tool_version
 from hotpot_orchestration.restores.download import work_dir
 from hotpot_orchestration.restores.procedure import (
@@ -66,23 +66,9 @@ def dump_database(bin_dir: Path, database: PgTarget, path: Path) -> float:
     argv = [str(bin_dir / "pg_dump"), "--format=custom", DUMP_COMPRESSION, f"--file={path}"]
     started = time.monotonic()
     try:
-        result = subprocess.run(
-            argv,
-            env=database.env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=DUMP_TIMEOUT_SECONDS,
-        )
-    except subprocess.TimeoutExpired:
-        raise RecoveryError(
-            f"pg_dump of the recovered {database.dbname} ran over {DUMP_TIMEOUT_SECONDS} s"
-        ) from None
-    if result.returncode != 0:
-        raise RecoveryError(
-            f"pg_dump of the recovered {database.dbname} exited with {result.returncode}: "
-            f"{database.redact(result.stderr).strip()[-2000:]}"
-        )
+        proc.run(argv, timeout=DUMP_TIMEOUT_SECONDS, env=database.env())
+    except proc.CommandFailed as error:
+        raise RecoveryError(f"copying the recovered {database.dbname}: {error}") from None
     return time.monotonic() - started
 
 
