@@ -150,3 +150,18 @@ def test_secrets_are_redacted_from_the_tail():
 def test_merged_output_is_kept_in_the_tail():
     finished = proc.run(["sh", "-c", "echo out; echo err >&2"], timeout=30, merge_stderr=True)
     assert (finished.stdout, finished.tail) == (b"", "out\nerr")
+
+
+def test_a_server_logs_to_a_file_and_stops_on_a_polite_signal(tmp_path):
+    log = tmp_path / "server.log"
+    server_script = "trap 'echo stopping >&2; exit 0' TERM; echo up; while :; do sleep 0.1; done"
+    with (
+        open(log, "ab") as out,
+        proc.spawn(["sh", "-c", server_script], stdout=out, merge_stderr=True) as server,
+    ):
+        deadline = time.monotonic() + 10
+        while "up" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.ended_within(10)
+    assert (server.process.returncode, log.read_text()) == (0, "up\nstopping\n")

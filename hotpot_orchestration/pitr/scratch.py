@@ -32,6 +32,7 @@ from pathlib import Path
 from hotpot_orchestration.pitr.barman import BarmanCloud, run
 from hotpot_orchestration.pitr.runas import barman_bin_dir, can_execute, server_os_user
 from hotpot_orchestration.platform.pg import PgTarget
+from hotpot_orchestration.platform.proc import Child, spawn, start_watcher
 
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "hotpot-pitr-scratch"
 OWNER_FILE = "owner"
@@ -139,7 +140,7 @@ class ScratchServer:
         self.os_user = server_os_user()
         self.directory: Path | None = None
         self.port = 0
-        self._postmaster: subprocess.Popen | None = None
+        self._postmaster: Child | None = None
         self._janitor: subprocess.Popen | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -154,12 +155,8 @@ class ScratchServer:
         self.directory = directory
         started = process_start_time(os.getpid())
         (directory / OWNER_FILE).write_text(f"{os.getpid()} {started}\n")
-        self._janitor = subprocess.Popen(
-            [sys.executable, "-c", _JANITOR, str(os.getpid()), str(started), str(directory)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a signal to the drill's process group does not reach it
+        self._janitor = start_watcher(
+            [sys.executable, "-c", _JANITOR, str(os.getpid()), str(started), str(directory)]
         )
         return self
 
@@ -312,20 +309,11 @@ class ScratchServer:
         }
         argv = [postgres, "-D", str(self.data)]
         argv += [arg for name, value in options.items() for arg in ("-c", f"{name}={value}")]
-        account = pwd.getpwnam(self.os_user) if self.os_user else None
         env = {**self.env, "HOME": str(self.data.parent)}
         with open(self.server_log, "ab") as log:
-            self._postmaster = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data.parent,
-                env=env,
-                start_new_session=True,
-                user=account.pw_uid if account else None,
-                group=account.pw_gid if account else None,
-                extra_groups=[] if account else None,
+            # Its deadline is spawn's long default: startup_timeout and `stop` end it sooner.
+            self._postmaster = spawn(
+                argv, stdout=log, merge_stderr=True, cwd=self.data.parent, env=env, user=self.os_user
             )
         if self.os_user:
             shutil.chown(self.server_log, self.os_user)
@@ -374,18 +362,13 @@ class ScratchServer:
         self.start()
 
     def stop(self) -> None:
-        """Fast shutdown, then immediate, then SIGKILL; idempotent."""
-        proc, self._postmaster = self._postmaster, None
-        if proc is None:
+        """Fast shutdown, then immediate, then SIGKILL to the server's process group; idempotent."""
+        postmaster, self._postmaster = self._postmaster, None
+        if postmaster is None:
             return
-        for sig, grace in (
-            (signal.SIGINT, STOP_GRACE_SECONDS),
-            (signal.SIGQUIT, 10.0),
-            (signal.SIGKILL, 10.0),
-        ):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
+        with postmaster:  # leaving kills whatever is left
+            for sig, grace in ((signal.SIGINT, STOP_GRACE_SECONDS), (signal.SIGQUIT, 10.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    postmaster.process.send_signal(sig)
+                if postmaster.ended_within(grace):
+                    break

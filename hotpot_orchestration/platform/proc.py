@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,16 @@ class Child:
             raise CommandTimedOut(self.argv, returncode, self.tail(), self.timeout)
         return returncode
 
+    def ended_within(self, seconds: float) -> bool:
+        """Whether the program ends within `seconds` (then reaped, its group killed), for a stop that
+        escalates from a polite signal."""
+        deadline = time.monotonic() + seconds
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def _reap(self) -> int:
         self.kill()
         with self._lock:
@@ -286,6 +297,13 @@ def spawn(
         cwd=cwd,
         user=user,
     )
+
+
+def start_watcher(argv: Sequence[str]) -> subprocess.Popen:
+    """A process meant to outlive us, to clean up after a killed run: a session of its own (a signal to our
+    group does not reach it), no output, and neither a deadline nor death with the parent. It must end on
+    its own; the caller may wait for it."""
+    return subprocess.Popen(list(argv), stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL, start_new_session=True)
 
 
 @dataclass(frozen=True)
