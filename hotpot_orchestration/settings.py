@@ -20,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 ROUTERS = ("nginx", "ingress-nginx", "gateway-api")
 IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
+# Who takes base backups and recovers drills: barman-cloud here, or a CloudNativePG cluster's operator.
+PITR_DRIVERS = ("barman-cloud", "cloudnativepg")
 
 # Variables whose values may contain credentials: never repeat them in messages.
 SECRET_VARIABLES = frozenset(
@@ -58,6 +60,10 @@ class Settings:
     barman_server_name: str
     wal_archive_max_age_seconds: int
     pitr_recovery_window_days: int
+    pitr_driver: str
+    # The CloudNativePG Cluster (and its namespace) the cloudnativepg driver backs up and recovers from.
+    cnpg_namespace: str | None
+    cnpg_cluster: str | None
     timezone: str
     restore_drill_cron: str
     aws_endpoint_url: str | None
@@ -303,6 +309,9 @@ _VARIABLES = {
     # Above archive_timeout (60 s in the local stack): an idle minute is not an alarm.
     "HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS": ("wal_archive_max_age_seconds", _whole_number(30, 86400), 300),
     "HOTPOT_PITR_RECOVERY_WINDOW_DAYS": ("pitr_recovery_window_days", _whole_number(1, 3650), 30),
+    "HOTPOT_PITR_DRIVER": ("pitr_driver", _one_of(PITR_DRIVERS), "barman-cloud"),
+    "HOTPOT_CNPG_NAMESPACE": ("cnpg_namespace", _dns_label, None),
+    "HOTPOT_CNPG_CLUSTER": ("cnpg_cluster", _dns_subdomain, None),
     "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
     # After the 02:00 nightly backup (and its verification) has finished.
     "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),
@@ -347,6 +356,7 @@ def _servers_of_one_colour(environ: Mapping[str, str]) -> list[str]:
 _KUBERNETES_REQUIRES = {
     "HOTPOT_ROUTER": (("ingress-nginx", "gateway-api"), ("HOTPOT_K8S_APP_NAMESPACE",)),
     "HOTPOT_IMAGE_BUILDER": (("kaniko",), ("HOTPOT_K8S_BUILD_NAMESPACE", "HOTPOT_KANIKO_REGISTRY_SECRET")),
+    "HOTPOT_PITR_DRIVER": (("cloudnativepg",), ("HOTPOT_CNPG_NAMESPACE", "HOTPOT_CNPG_CLUSTER")),
 }
 
 
