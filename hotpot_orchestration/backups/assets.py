@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # backup brings psycopg, which the code location's load does 
     from hotpot_orchestration.backups.backup import BackupResult
 
 URL_VARIABLE = "HOTPOT_DATABASE_URL"
-GROUP = "backups"
+BACKUPS_GROUP = "backups"
 BACKUP = dg.AssetKey("postgres_backup")
 RETENTION = dg.AssetKey("backup_retention")
 # A dump is always of the database as it is now. The nightly run backs up the day that just ended, so a
@@ -166,7 +166,7 @@ def _backup_asset(
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=BACKUP,
-        group_name=GROUP,
+        group_name=BACKUPS_GROUP,
         partitions_def=backup_partitions(settings),
         kinds={"postgres", "s3"},
         description=(
@@ -263,7 +263,7 @@ def _retention_asset(
 ) -> dg.AssetsDefinition:
     @dg.asset(
         key=RETENTION,
-        group_name=GROUP,
+        group_name=BACKUPS_GROUP,
         deps=[backup],
         kinds={"s3"},
         description=(

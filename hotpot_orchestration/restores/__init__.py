@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 from pydantic import Field
 
-from hotpot_orchestration.backups.checks import BACKUP
+from hotpot_orchestration.backups.assets import BACKUP, BACKUPS_GROUP
 from hotpot_orchestration.pitr.assets import PitrResource
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
 from hotpot_orchestration.platform.units import format_bytes, format_duration
@@ -157,7 +157,7 @@ def _setup_failure(error: Exception) -> dg.Failure:
 @dg.asset(
     key=DRILL_ASSET,
     deps=[BACKUP],
-    group_name="backups",
+    group_name=BACKUPS_GROUP,
     kinds={"postgres", "s3"},
     check_specs=[
         dg.AssetCheckSpec(
