@@ -326,7 +326,6 @@ def run(
     merge_stderr: bool = False,
     secrets: Iterable[str] = (),
     cwd: str | os.PathLike | None = None,
-    user: str | None = None,
     check: bool = True,
 ) -> Finished:
     """Run `argv` to completion: its stdout and stderr tail. CommandFailed on a non-zero exit when `check`;
@@ -339,7 +338,6 @@ def run(
         merge_stderr=merge_stderr,
         secrets=secrets,
         cwd=cwd,
-        user=user,
     ) as child:
         stdout = child.stdout.read() if child.stdout is not None else b""
         returncode = child.wait()
