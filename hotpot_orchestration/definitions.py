@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from hotpot_orchestration import backups, operations, pitr, release, restores
-from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.resources import BackupStorageResource, LockedResource, PostgresResource
 from hotpot_orchestration.settings import Settings, load_settings
 
@@ -23,7 +22,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             endpoint_url=settings.aws_endpoint_url,
             region=settings.aws_region,
             kms_key_id=settings.backup_kms_key_id,
-            database=PgTarget.from_url(settings.database_url).dbname if settings.database_url else "",
+            database=settings.database_name,
         ),
     }
 

@@ -1,9 +1,17 @@
-"""Every environment variable of the design, read and validated in one place.
+"""Every environment variable of the design, read and validated in one place: the `Settings` model.
 
 `load_settings()` runs when the code location loads, so a malformed value stops the load with a message
-that names the variable and the form it accepts, instead of failing a run hours later. Values that carry
-secrets (database URLs, the registry password, the webhook URL) are validated here but reach resources only
-through `EnvVar`, and are never echoed back in an error. AWS credentials are left to boto3's own chain.
+that names the variable and the form it accepts, instead of failing a run hours later; every bad value is
+reported at once. Values that carry secrets (database URLs, the registry password, the webhook URL) are
+`SecretStr`: validated here, never echoed back in an error or a repr, and passed to resources only through
+`EnvVar`. AWS credentials are left to boto3's own chain.
+
+Resources take their non-secret values from these settings, and fall back on `DEFAULTS` (the values of
+unset variables) rather than on defaults of their own.
+
+A plain pydantic model validated from a mapping, not pydantic-settings' `BaseSettings`: `load_settings`
+validates any environment it is given (tests, the local stack's env) without reading `os.environ` itself,
+a blank value means unset, and lists are comma-separated rather than the JSON `BaseSettings` decodes.
 """
 
 from __future__ import annotations
@@ -13,89 +21,21 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Annotated, Any, get_args
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 ROUTERS = ("nginx", "ingress-nginx", "gateway-api")
 IMAGE_BUILDERS = ("buildah", "docker", "kaniko")
 # Who takes base backups and recovers drills: barman-cloud here, or a CloudNativePG cluster's operator.
 PITR_DRIVERS = ("barman-cloud", "cloudnativepg")
 
-# Variables whose values may contain credentials: never repeat them in messages.
-SECRET_VARIABLES = frozenset(
-    {
-        "HOTPOT_DATABASE_URL",
-        "HOTPOT_DRILL_DATABASE_URL",
-        "HOTPOT_ALERT_WEBHOOK_URL",
-        "HOTPOT_REGISTRY_PASSWORD",
-    }
-)
-
 
 class SettingsError(ValueError):
     """One or more environment variables have values the project cannot use."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    # Secrets are kept out of repr() so that printing the settings never shows them.
-    database_url: str | None = field(repr=False)
-    drill_database_url: str | None = field(repr=False)
-    pg_bin_dir: Path | None
-    backup_bucket: str
-    backup_prefix: str
-    backup_retention_days: int
-    backup_min_keep: int
-    backup_kms_key_id: str | None
-    # pg_dump's --compress; None: zstd where this pg_dump supports it, else gzip.
-    backup_compression: str | None
-    # A backup that makes no progress this long fails; its run may last at most backup_timeout_seconds.
-    backup_stall_seconds: int
-    backup_timeout_seconds: int
-    # Point-in-time recovery: barman-cloud's prefix in the backup bucket and server name (CloudNativePG's
-    # serverName), the wal_archive check's age limit, and the base backups' recovery window.
-    pitr_prefix: str
-    barman_server_name: str
-    wal_archive_max_age_seconds: int
-    pitr_recovery_window_days: int
-    pitr_driver: str
-    # The CloudNativePG Cluster (and its namespace) the cloudnativepg driver backs up and recovers from.
-    cnpg_namespace: str | None
-    cnpg_cluster: str | None
-    timezone: str
-    restore_drill_cron: str
-    aws_endpoint_url: str | None
-    aws_region: str
-    registry: str | None
-    registry_username: str | None
-    registry_password: str | None = field(repr=False)
-    image_repository: str
-    # The build context; unset: build_image_job fails naming the variable (the local stack sets it).
-    app_source: Path | None
-    image_builder: str
-    prometheus_url: str | None
-    router: str
-    # The rollout plan file; None: the packaged rollout_plan.yaml.
-    rollout_plan: Path | None
-    # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
-    auto_release: bool
-    # Releases are refused while WAL archiving (the pitr concern's archive) fails.
-    release_wal_gate: bool
-    # The nginx router; None: the resource's defaults (a VM's own nginx).
-    nginx_upstream_conf: Path | None
-    nginx_command: tuple[str, ...] | None
-    nginx_pid_file: Path | None
-    blue_servers: tuple[str, ...] | None
-    green_servers: tuple[str, ...] | None
-    # Kubernetes: required by the ingress-nginx / gateway-api routers and the kaniko builder (see below).
-    k8s_app_namespace: str | None
-    k8s_build_namespace: str | None
-    kaniko_registry_secret: str | None
-    alert_webhook_url: str | None = field(repr=False)
-    ui_url: str
-    metrics_textfile: Path | None
 
 
 def _postgres_url(value: str) -> str:
@@ -288,58 +228,163 @@ def _app_source(value: str) -> Path:
     return path
 
 
-# variable -> (field, parser of a set value, value when unset)
-_VARIABLES = {
-    "HOTPOT_DATABASE_URL": ("database_url", _postgres_url, None),
-    "HOTPOT_DRILL_DATABASE_URL": ("drill_database_url", _postgres_url, None),
-    "HOTPOT_PG_BIN_DIR": ("pg_bin_dir", _pg_bin_dir, None),
-    "HOTPOT_BACKUP_BUCKET": ("backup_bucket", _bucket, "thehotpotspot-backups"),
-    "HOTPOT_BACKUP_PREFIX": ("backup_prefix", _prefix, "database/"),
+def _database_name(url: SecretStr | None) -> str:
+    """The database a libpq URL names, by name only ('' when unset): no credentials leave the secret."""
+    return unquote(urlsplit(url.get_secret_value()).path.lstrip("/")) if url else ""
+
+
+# Each variable's value is parsed by a function that raises ValueError naming the form it accepts.
+PostgresUrl = Annotated[SecretStr, BeforeValidator(_postgres_url)]
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+Prefix = Annotated[str, BeforeValidator(_prefix)]
+
+
+class Settings(BaseModel):
+    """Each field is read from the variable its alias names; unset (or blank) variables take the default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database_url: PostgresUrl | None = Field(None, alias="HOTPOT_DATABASE_URL")
+    drill_database_url: PostgresUrl | None = Field(None, alias="HOTPOT_DRILL_DATABASE_URL")
+    pg_bin_dir: Annotated[Path, BeforeValidator(_pg_bin_dir)] | None = Field(None, alias="HOTPOT_PG_BIN_DIR")
+    backup_bucket: Annotated[str, BeforeValidator(_bucket)] = Field(
+        "thehotpotspot-backups", alias="HOTPOT_BACKUP_BUCKET"
+    )
+    backup_prefix: Prefix = Field("database/", alias="HOTPOT_BACKUP_PREFIX")
     # Ten years; far inside what datetime arithmetic can subtract from today.
-    "HOTPOT_BACKUP_RETENTION_DAYS": ("backup_retention_days", _whole_number(1, 3650), 30),
+    backup_retention_days: Annotated[int, BeforeValidator(_whole_number(1, 3650))] = Field(
+        30, alias="HOTPOT_BACKUP_RETENTION_DAYS"
+    )
     # Every run lists these and reads their manifests.
-    "HOTPOT_BACKUP_MIN_KEEP": ("backup_min_keep", _whole_number(1, 1000), 7),
-    "HOTPOT_BACKUP_KMS_KEY_ID": ("backup_kms_key_id", str, None),
-    "HOTPOT_BACKUP_COMPRESSION": ("backup_compression", _compression, None),
-    "HOTPOT_BACKUP_STALL_SECONDS": ("backup_stall_seconds", _whole_number(1, 3600), 300),
-    # The nightly backup run's dagster/max_runtime; what a killed backup left is removed after it.
-    "HOTPOT_BACKUP_TIMEOUT_SECONDS": ("backup_timeout_seconds", _whole_number(1, 172800), 43200),
-    "HOTPOT_PITR_PREFIX": ("pitr_prefix", _prefix, "pitr/"),
-    "HOTPOT_BARMAN_SERVER_NAME": ("barman_server_name", _server_name, "hotpot-db"),
+    backup_min_keep: Annotated[int, BeforeValidator(_whole_number(1, 1000))] = Field(
+        7, alias="HOTPOT_BACKUP_MIN_KEEP"
+    )
+    backup_kms_key_id: str | None = Field(None, alias="HOTPOT_BACKUP_KMS_KEY_ID")
+    # pg_dump's --compress; None: zstd where this pg_dump supports it, else gzip.
+    backup_compression: Annotated[str, BeforeValidator(_compression)] | None = Field(
+        None, alias="HOTPOT_BACKUP_COMPRESSION"
+    )
+    # A backup that makes no progress this long fails; its run may last at most backup_timeout_seconds
+    # (the nightly run's dagster/max_runtime; what a killed backup left is removed after it).
+    backup_stall_seconds: Annotated[int, BeforeValidator(_whole_number(1, 3600))] = Field(
+        300, alias="HOTPOT_BACKUP_STALL_SECONDS"
+    )
+    backup_timeout_seconds: Annotated[int, BeforeValidator(_whole_number(1, 172800))] = Field(
+        43200, alias="HOTPOT_BACKUP_TIMEOUT_SECONDS"
+    )
+    # Point-in-time recovery: barman-cloud's prefix in the backup bucket and server name (CloudNativePG's
+    # serverName), the wal_archive check's age limit, and the base backups' recovery window.
+    pitr_prefix: Prefix = Field("pitr/", alias="HOTPOT_PITR_PREFIX")
+    barman_server_name: Annotated[str, BeforeValidator(_server_name)] = Field(
+        "hotpot-db", alias="HOTPOT_BARMAN_SERVER_NAME"
+    )
     # Above archive_timeout (60 s in the local stack): an idle minute is not an alarm.
-    "HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS": ("wal_archive_max_age_seconds", _whole_number(30, 86400), 300),
-    "HOTPOT_PITR_RECOVERY_WINDOW_DAYS": ("pitr_recovery_window_days", _whole_number(1, 3650), 30),
-    "HOTPOT_PITR_DRIVER": ("pitr_driver", _one_of(PITR_DRIVERS), "barman-cloud"),
-    "HOTPOT_CNPG_NAMESPACE": ("cnpg_namespace", _dns_label, None),
-    "HOTPOT_CNPG_CLUSTER": ("cnpg_cluster", _dns_subdomain, None),
-    "HOTPOT_TIMEZONE": ("timezone", _timezone, "UTC"),
+    wal_archive_max_age_seconds: Annotated[int, BeforeValidator(_whole_number(30, 86400))] = Field(
+        300, alias="HOTPOT_WAL_ARCHIVE_MAX_AGE_SECONDS"
+    )
+    pitr_recovery_window_days: Annotated[int, BeforeValidator(_whole_number(1, 3650))] = Field(
+        30, alias="HOTPOT_PITR_RECOVERY_WINDOW_DAYS"
+    )
+    pitr_driver: Annotated[str, BeforeValidator(_one_of(PITR_DRIVERS))] = Field(
+        "barman-cloud", alias="HOTPOT_PITR_DRIVER"
+    )
+    # The CloudNativePG Cluster (and its namespace) the cloudnativepg driver backs up and recovers from.
+    cnpg_namespace: Annotated[str, BeforeValidator(_dns_label)] | None = Field(
+        None, alias="HOTPOT_CNPG_NAMESPACE"
+    )
+    cnpg_cluster: Annotated[str, BeforeValidator(_dns_subdomain)] | None = Field(
+        None, alias="HOTPOT_CNPG_CLUSTER"
+    )
+    timezone: Annotated[str, BeforeValidator(_timezone)] = Field("UTC", alias="HOTPOT_TIMEZONE")
     # After the 02:00 nightly backup (and its verification) has finished.
-    "HOTPOT_RESTORE_DRILL_CRON": ("restore_drill_cron", _cron, "0 4 * * *"),
-    "AWS_ENDPOINT_URL": ("aws_endpoint_url", _http_url, None),
-    "AWS_REGION": ("aws_region", str, "us-east-1"),
-    "HOTPOT_REGISTRY": ("registry", _registry, None),
-    "HOTPOT_REGISTRY_USERNAME": ("registry_username", str, None),
-    "HOTPOT_REGISTRY_PASSWORD": ("registry_password", str, None),
-    "HOTPOT_IMAGE_REPOSITORY": ("image_repository", _repository, "thehotpotspot/api"),
-    "HOTPOT_APP_SOURCE": ("app_source", _app_source, None),
-    "HOTPOT_IMAGE_BUILDER": ("image_builder", _one_of(IMAGE_BUILDERS), "buildah"),
-    "HOTPOT_PROMETHEUS_URL": ("prometheus_url", _http_url, None),
-    "HOTPOT_ROUTER": ("router", _one_of(ROUTERS), "nginx"),
-    "HOTPOT_ROLLOUT_PLAN": ("rollout_plan", _readable_file, None),
-    "HOTPOT_AUTO_RELEASE": ("auto_release", _boolean, False),
-    "HOTPOT_RELEASE_WAL_GATE": ("release_wal_gate", _boolean, True),
-    "HOTPOT_NGINX_UPSTREAM_CONF": ("nginx_upstream_conf", _upstream_conf, None),
-    "HOTPOT_NGINX_COMMAND": ("nginx_command", _nginx_command, None),
-    "HOTPOT_NGINX_PID_FILE": ("nginx_pid_file", _absolute_path, None),
-    "HOTPOT_BLUE_SERVERS": ("blue_servers", _servers, None),
-    "HOTPOT_GREEN_SERVERS": ("green_servers", _servers, None),
-    "HOTPOT_K8S_APP_NAMESPACE": ("k8s_app_namespace", _dns_label, None),
-    "HOTPOT_K8S_BUILD_NAMESPACE": ("k8s_build_namespace", _dns_label, None),
-    "HOTPOT_KANIKO_REGISTRY_SECRET": ("kaniko_registry_secret", _dns_subdomain, None),
-    "HOTPOT_ALERT_WEBHOOK_URL": ("alert_webhook_url", _http_url, None),
-    "HOTPOT_UI_URL": ("ui_url", _http_url, "http://127.0.0.1:3000"),
-    "HOTPOT_METRICS_TEXTFILE": ("metrics_textfile", _writable_file, None),
-}
+    restore_drill_cron: Annotated[str, BeforeValidator(_cron)] = Field(
+        "0 4 * * *", alias="HOTPOT_RESTORE_DRILL_CRON"
+    )
+    aws_endpoint_url: HttpUrl | None = Field(None, alias="AWS_ENDPOINT_URL")
+    aws_region: str = Field("us-east-1", alias="AWS_REGION")
+    registry: Annotated[str, BeforeValidator(_registry)] | None = Field(None, alias="HOTPOT_REGISTRY")
+    registry_username: str | None = Field(None, alias="HOTPOT_REGISTRY_USERNAME")
+    registry_password: SecretStr | None = Field(None, alias="HOTPOT_REGISTRY_PASSWORD")
+    image_repository: Annotated[str, BeforeValidator(_repository)] = Field(
+        "thehotpotspot/api", alias="HOTPOT_IMAGE_REPOSITORY"
+    )
+    # The build context; unset: build_image_job fails naming the variable (the local stack sets it).
+    app_source: Annotated[Path, BeforeValidator(_app_source)] | None = Field(None, alias="HOTPOT_APP_SOURCE")
+    image_builder: Annotated[str, BeforeValidator(_one_of(IMAGE_BUILDERS))] = Field(
+        "buildah", alias="HOTPOT_IMAGE_BUILDER"
+    )
+    prometheus_url: HttpUrl | None = Field(None, alias="HOTPOT_PROMETHEUS_URL")
+    router: Annotated[str, BeforeValidator(_one_of(ROUTERS))] = Field("nginx", alias="HOTPOT_ROUTER")
+    # The rollout plan file; None: the packaged rollout_plan.yaml.
+    rollout_plan: Annotated[Path, BeforeValidator(_readable_file)] | None = Field(
+        None, alias="HOTPOT_ROLLOUT_PLAN"
+    )
+    # new_image_tag_sensor starts canary releases on its own (its default status RUNNING).
+    auto_release: Annotated[bool, BeforeValidator(_boolean)] = Field(False, alias="HOTPOT_AUTO_RELEASE")
+    # Releases are refused while WAL archiving (the pitr concern's archive) fails.
+    release_wal_gate: Annotated[bool, BeforeValidator(_boolean)] = Field(
+        True, alias="HOTPOT_RELEASE_WAL_GATE"
+    )
+    # The nginx router; the defaults are a VM's own nginx.
+    nginx_upstream_conf: Annotated[Path, BeforeValidator(_upstream_conf)] = Field(
+        Path("/etc/nginx/conf.d/hotpot-upstream.conf"), alias="HOTPOT_NGINX_UPSTREAM_CONF"
+    )
+    nginx_command: Annotated[tuple[str, ...], BeforeValidator(_nginx_command)] = Field(
+        ("nginx",), alias="HOTPOT_NGINX_COMMAND"
+    )
+    nginx_pid_file: Annotated[Path, BeforeValidator(_absolute_path)] = Field(
+        Path("/run/nginx.pid"), alias="HOTPOT_NGINX_PID_FILE"
+    )
+    blue_servers: Annotated[tuple[str, ...], BeforeValidator(_servers)] = Field(
+        (), alias="HOTPOT_BLUE_SERVERS"
+    )
+    green_servers: Annotated[tuple[str, ...], BeforeValidator(_servers)] = Field(
+        (), alias="HOTPOT_GREEN_SERVERS"
+    )
+    # Kubernetes: required by the ingress-nginx / gateway-api routers and the kaniko builder (see below).
+    k8s_app_namespace: Annotated[str, BeforeValidator(_dns_label)] | None = Field(
+        None, alias="HOTPOT_K8S_APP_NAMESPACE"
+    )
+    k8s_build_namespace: Annotated[str, BeforeValidator(_dns_label)] | None = Field(
+        None, alias="HOTPOT_K8S_BUILD_NAMESPACE"
+    )
+    kaniko_registry_secret: Annotated[str, BeforeValidator(_dns_subdomain)] | None = Field(
+        None, alias="HOTPOT_KANIKO_REGISTRY_SECRET"
+    )
+    alert_webhook_url: Annotated[SecretStr, BeforeValidator(_http_url)] | None = Field(
+        None, alias="HOTPOT_ALERT_WEBHOOK_URL"
+    )
+    ui_url: HttpUrl = Field("http://127.0.0.1:3000", alias="HOTPOT_UI_URL")
+    metrics_textfile: Annotated[Path, BeforeValidator(_writable_file)] | None = Field(
+        None, alias="HOTPOT_METRICS_TEXTFILE"
+    )
+
+    @property
+    def database_name(self) -> str:
+        """HOTPOT_DATABASE_URL's database ('' when unset)."""
+        return _database_name(self.database_url)
+
+    @property
+    def drill_database_name(self) -> str:
+        """HOTPOT_DRILL_DATABASE_URL's database ('' when unset)."""
+        return _database_name(self.drill_database_url)
+
+
+# The values of unset variables: what a resource built without settings falls back on.
+DEFAULTS = Settings()
+
+# variable -> field name, in the order of the fields.
+VARIABLES = {field.alias: name for name, field in Settings.model_fields.items()}
+
+
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
+
+
+# Variables whose values may contain credentials: never repeat them in messages.
+SECRET_VARIABLES = frozenset(
+    field.alias for field in Settings.model_fields.values() if _holds_secret(field.annotation)
+)
 
 
 def _servers_of_one_colour(environ: Mapping[str, str]) -> list[str]:
@@ -373,23 +418,27 @@ def _kubernetes_unset(environ: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _problem(error: Mapping[str, Any], given: Mapping[str, str]) -> str:
+    """`VARIABLE='value' is not valid: expected FORM`, with the value hidden for secrets."""
+    variable = error["loc"][0]
+    shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(given[variable])
+    accepted = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
+    return f"{variable}={shown} is not valid: expected {accepted}"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every variable; report all bad ones at once."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    given = {
+        variable: environ[variable].strip() for variable in VARIABLES if environ.get(variable, "").strip()
+    }
     problems: list[str] = []
-    for variable, (name, parse, default) in _VARIABLES.items():
-        raw = environ.get(variable, "").strip()
-        if not raw:
-            values[name] = default
-            continue
-        try:
-            values[name] = parse(raw)
-        except ValueError as accepted:
-            shown = "(value hidden: it may hold a secret)" if variable in SECRET_VARIABLES else repr(raw)
-            problems.append(f"{variable}={shown} is not valid: expected {accepted}")
-    problems += _servers_of_one_colour(environ)
-    problems += _kubernetes_unset(environ)
+    try:
+        settings = Settings.model_validate(given)
+    except ValidationError as invalid:
+        problems += [_problem(error, given) for error in invalid.errors(include_url=False)]
+    problems += _servers_of_one_colour(given)
+    problems += _kubernetes_unset(given)
     if problems:
         raise SettingsError("Bad configuration in the environment:\n  " + "\n  ".join(problems))
-    return Settings(**values)
+    return settings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
@@ -52,11 +51,11 @@ def app_checkout(tmp_path) -> Path:
 
 def run_build(registry_host: str, repository: str, source: Path | None = None, **settings_changes):
     settings = load_settings({})
-    settings = dataclasses.replace(
-        settings, registry=registry_host, image_repository=repository, **settings_changes
+    settings = settings.model_copy(
+        update={"registry": registry_host, "image_repository": repository, **settings_changes}
     )
     if source is not None:
-        settings = dataclasses.replace(settings, app_source=source)
+        settings = settings.model_copy(update={"app_source": source})
     defs = build_definitions(settings)
     job = defs.resolve_job_def("build_image_job")
     return job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)

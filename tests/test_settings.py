@@ -2,8 +2,7 @@
 
 import pytest
 
-from hotpot_orchestration import settings as settings_module
-from hotpot_orchestration.settings import SettingsError, load_settings
+from hotpot_orchestration.settings import SECRET_VARIABLES, Settings, SettingsError, load_settings
 
 
 def test_defaults_match_the_design():
@@ -17,8 +16,9 @@ def test_defaults_match_the_design():
     assert settings.alert_webhook_url is None
     assert settings.backup_compression is None  # zstd where pg_dump can write it, else gzip
     assert settings.app_source is None  # production names its build context; make dev sets the sample app
-    # The nginx router keeps the resource's defaults: a VM's own nginx.
-    assert settings.nginx_upstream_conf is settings.nginx_command is settings.blue_servers is None
+    # The nginx router's defaults are a VM's own nginx.
+    assert str(settings.nginx_upstream_conf) == "/etc/nginx/conf.d/hotpot-upstream.conf"
+    assert (settings.nginx_command, settings.blue_servers) == (("nginx",), ())
 
 
 def test_good_values_are_parsed():
@@ -160,17 +160,31 @@ def test_secret_values_are_never_echoed():
     assert "HOTPOT_DATABASE_URL" in str(error.value) and "HOTPOT_DRILL_DATABASE_URL" in str(error.value)
 
 
+def test_secrets_are_kept_out_of_repr():
+    secret = "s3cr3t-Passw0rd"
+    settings = load_settings(
+        {
+            "HOTPOT_DATABASE_URL": f"postgresql://app:{secret}@db.internal/thehotpotspot",
+            "HOTPOT_DRILL_DATABASE_URL": f"postgresql://app:{secret}@drills.internal/scratch",
+            "HOTPOT_ALERT_WEBHOOK_URL": f"https://hooks.example.com/{secret}",
+            "HOTPOT_REGISTRY_PASSWORD": secret,
+        }
+    )
+    assert SECRET_VARIABLES == {
+        "HOTPOT_DATABASE_URL",
+        "HOTPOT_DRILL_DATABASE_URL",
+        "HOTPOT_ALERT_WEBHOOK_URL",
+        "HOTPOT_REGISTRY_PASSWORD",
+    }
+    assert secret not in repr(settings) and secret not in str(settings)
+    assert secret in settings.registry_password.get_secret_value()
+    # What the code location needs of the URLs without their credentials: the databases' names.
+    assert (settings.database_name, settings.drill_database_name) == ("thehotpotspot", "scratch")
+
+
 def _numeric_variables() -> list[str]:
-    """Every variable whose value is a number: those whose parser turns "1" into an int."""
-    numeric = []
-    for variable, (_, parse, _) in settings_module._VARIABLES.items():
-        try:
-            parsed = parse("1")
-        except ValueError:
-            continue
-        if isinstance(parsed, int | float) and not isinstance(parsed, bool):
-            numeric.append(variable)
-    return numeric
+    """Every variable whose value is a number."""
+    return [field.alias for field in Settings.model_fields.values() if field.annotation in (int, float)]
 
 
 def test_every_numeric_setting_has_an_upper_bound_refused_by_name():

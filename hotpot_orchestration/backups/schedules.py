@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit
-
 import dagster as dg
 
 from hotpot_orchestration.settings import Settings
@@ -14,9 +12,8 @@ BACKUP_DATABASE_TAG = "hotpot/backup-database"
 
 
 def backup_run_tags(settings: Settings) -> dict[str, str]:
-    database = unquote(urlsplit(settings.database_url).path.lstrip("/")) if settings.database_url else ""
     return {
-        BACKUP_DATABASE_TAG: database or "(HOTPOT_DATABASE_URL unset)",
+        BACKUP_DATABASE_TAG: settings.database_name or "(HOTPOT_DATABASE_URL unset)",
         # Run monitoring ends a longer run; what it left behind is an orphan after this (see orphan_age).
         "dagster/max_runtime": str(settings.backup_timeout_seconds),
         # A failed step was already retried by its RetryPolicy when that could help (transient errors); the

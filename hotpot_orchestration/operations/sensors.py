@@ -11,13 +11,14 @@ from hotpot_orchestration.operations.health import PipelineHealth, render, write
 from hotpot_orchestration.pitr.assets import PITR_DRILL, latest_wal_archive_report
 from hotpot_orchestration.release.rollout.releases import OUTCOME_TAG, RELEASE_JOBS, ROLLED_BACK
 from hotpot_orchestration.restores import DRILL_ASSET, DRILL_JOB
+from hotpot_orchestration.settings import DEFAULTS
 
 
 class AlertWebhookResource(dg.ConfigurableResource):
     """Slack-compatible incoming webhook (HOTPOT_ALERT_WEBHOOK_URL); unset sends alerts to the log only."""
 
     url: str | None = Field(default=None, description="fed from HOTPOT_ALERT_WEBHOOK_URL, a credential")
-    ui_url: str = Field(default="http://127.0.0.1:3000", description="the Dagster UI, for links to runs")
+    ui_url: str = Field(default=DEFAULTS.ui_url, description="the Dagster UI, for links to runs")
 
 
 def failed_run_from(context: dg.RunFailureSensorContext, ui_url: str) -> FailedRun:

@@ -14,7 +14,7 @@ from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
 from hotpot_orchestration.pitr.runas import RunAsError
 from hotpot_orchestration.platform.pg import PgToolError
 from hotpot_orchestration.platform.resources import BackupStorageResource, PostgresResource
-from hotpot_orchestration.settings import Settings
+from hotpot_orchestration.settings import DEFAULTS, Settings
 
 PHYSICAL = dg.AssetKey("physical_backup")
 PHYSICAL_RETENTION = dg.AssetKey("physical_backup_retention")
@@ -28,12 +28,12 @@ class PitrResource(dg.ConfigurableResource):
     Credentials come from boto3's own chain in the environment, as for the logical backups."""
 
     bucket: str
-    prefix: str = "pitr/"
-    server_name: str = "hotpot-db"
+    prefix: str = DEFAULTS.pitr_prefix
+    server_name: str = DEFAULTS.barman_server_name
     endpoint_url: str | None = None
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
-    wal_archive_max_age_seconds: int = Field(default=300, ge=30, le=86400)
-    recovery_window_days: int = Field(default=30, ge=1, le=3650)
+    wal_archive_max_age_seconds: int = DEFAULTS.wal_archive_max_age_seconds
+    recovery_window_days: int = DEFAULTS.pitr_recovery_window_days
 
     def barman(self) -> BarmanCloud:
         return BarmanCloud(

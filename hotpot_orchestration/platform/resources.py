@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.platform.pg import PgTarget, find_pg_bin_dir
+from hotpot_orchestration.settings import DEFAULTS
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -29,9 +30,9 @@ class BackupStorageResource(dg.ConfigurableResource):
     (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or an IAM role), never from Dagster config."""
 
     bucket: str
-    prefix: str = "database/"
+    prefix: str = DEFAULTS.backup_prefix
     endpoint_url: str | None = None
-    region: str = "us-east-1"
+    region: str = DEFAULTS.aws_region
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
     database: str = Field(
         default="",

@@ -352,15 +352,13 @@ def restore_database(
     backup_storage: BackupStorageResource,
     pitr: PitrResource,
 ) -> dg.Output[None]:
-    from hotpot_orchestration.platform.pg import PgTarget
     from hotpot_orchestration.restores import guard
 
     server = postgres.target
     protected = server.dbname
     # The drill server's database, from the validated setting: the job's resources stay those it restores
     # with. Unset, drills use HOTPOT_DATABASE_URL's server and `postgres` is refused anyway.
-    drill_url = load_settings().drill_database_url
-    drill_database = PgTarget.from_url(drill_url).dbname if drill_url else None
+    drill_database = load_settings().drill_database_name or None
     request = guard.RestoreRequest(
         target_database=config.target_database,
         partition=config.partition,

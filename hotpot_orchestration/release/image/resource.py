@@ -11,6 +11,7 @@ from pydantic import Field
 
 from hotpot_orchestration.release.image.policy import COMMIT_TAGS, ORDERS, TagPolicy
 from hotpot_orchestration.release.image.source import DEFAULT_SHA_LENGTH
+from hotpot_orchestration.settings import DEFAULTS
 
 
 class RegistryNotConfigured(RuntimeError):
@@ -25,7 +26,7 @@ class RegistryResource(dg.ConfigurableResource):
     """
 
     registry: str = Field(default="", description="HOST[:PORT] of the registry; empty: not configured")
-    repository: str = Field(default="thehotpotspot/api", description="repository of the API image")
+    repository: str = Field(default=DEFAULTS.image_repository, description="repository of the API image")
     username: str | None = Field(default=None, description="from HOTPOT_REGISTRY_USERNAME")
     password: str | None = Field(default=None, description="from HOTPOT_REGISTRY_PASSWORD")
     plain_http: bool | None = Field(
@@ -60,7 +61,7 @@ class ImageBuildResource(dg.ConfigurableResource):
     source: str = Field(
         description="checkout of the API's source, with a Dockerfile and gates.yaml at its top"
     )
-    builder: str = Field(default="buildah", description="buildah, docker or kaniko")
+    builder: str = Field(default=DEFAULTS.image_builder, description="buildah, docker or kaniko")
     sha_length: int = Field(default=DEFAULT_SHA_LENGTH, description="characters of the commit SHA in the tag")
     work_dir: str | None = Field(default=None, description="parent of build workspaces; unset: the temp dir")
     buildah_binary: str = "buildah"

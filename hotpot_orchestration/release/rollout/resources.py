@@ -12,25 +12,27 @@ from pydantic import Field
 from hotpot_orchestration.release.rollout.analysis import Prometheus
 from hotpot_orchestration.release.rollout.routers import Router
 from hotpot_orchestration.release.rollout.routers.kubernetes import KubernetesTarget
-from hotpot_orchestration.settings import ROUTERS, Settings
+from hotpot_orchestration.settings import DEFAULTS, ROUTERS, Settings
 
 
 class TrafficRouterResource(dg.ConfigurableResource):
     """Where release traffic is shifted (HOTPOT_ROUTER) and the names of what it touches."""
 
-    kind: str = Field(default="nginx", description="nginx, ingress-nginx or gateway-api (HOTPOT_ROUTER)")
+    kind: str = Field(
+        default=DEFAULTS.router, description="nginx, ingress-nginx or gateway-api (HOTPOT_ROUTER)"
+    )
     # nginx
     nginx_upstream_conf: str = Field(
-        default="/etc/nginx/conf.d/hotpot-upstream.conf",
+        default=str(DEFAULTS.nginx_upstream_conf),
         description="file holding `upstream hotpot_api {...}`, included by nginx.conf inside http {} "
         "(HOTPOT_NGINX_UPSTREAM_CONF)",
     )
     nginx_command: list[str] = Field(
-        default=["nginx"],
+        default=list(DEFAULTS.nginx_command),
         description="argv prefix of nginx, e.g. [nginx, -p, PREFIX, -c, CONF] (HOTPOT_NGINX_COMMAND)",
     )
     nginx_pid_file: str | None = Field(
-        default="/run/nginx.pid",
+        default=str(DEFAULTS.nginx_pid_file),
         description="master pid file; set to wait for new workers after a reload (HOTPOT_NGINX_PID_FILE)",
     )
     blue_servers: list[str] = Field(
@@ -92,23 +94,16 @@ class TrafficRouterResource(dg.ConfigurableResource):
 
 
 def traffic_router_resource(settings: Settings) -> TrafficRouterResource:
-    """The router HOTPOT_ROUTER names, with the nginx router's variables that are set (the rest keep the
-    defaults of a VM's own nginx)."""
-    nginx = {
-        "nginx_upstream_conf": settings.nginx_upstream_conf,
-        "nginx_command": settings.nginx_command,
-        "nginx_pid_file": settings.nginx_pid_file,
-        "blue_servers": settings.blue_servers,
-        "green_servers": settings.green_servers,
-    }
-    configured = {
-        field: [str(item) for item in value] if isinstance(value, tuple) else str(value)
-        for field, value in nginx.items()
-        if value is not None
-    }
-    if settings.k8s_app_namespace:
-        configured["namespace"] = settings.k8s_app_namespace
-    return TrafficRouterResource(kind=settings.router, **configured)
+    """The router HOTPOT_ROUTER names, with the nginx router's and Kubernetes' settings."""
+    return TrafficRouterResource(
+        kind=settings.router,
+        nginx_upstream_conf=str(settings.nginx_upstream_conf),
+        nginx_command=list(settings.nginx_command),
+        nginx_pid_file=str(settings.nginx_pid_file),
+        blue_servers=list(settings.blue_servers),
+        green_servers=list(settings.green_servers),
+        namespace=settings.k8s_app_namespace,
+    )
 
 
 class CanaryPrometheusResource(dg.ConfigurableResource):
