@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -14,13 +13,8 @@ import pytest
 import yaml
 
 from hotpot_orchestration.definitions import build_definitions
-from hotpot_orchestration.release.rollout.plan import (
-    DEFAULT_PLAN_PATH,
-    PlanError,
-    load_plan,
-    parse_duration,
-    parse_plan,
-)
+from hotpot_orchestration.release.rollout.plan import DEFAULT_PLAN_PATH, PlanError, load_plan, parse_plan
+from hotpot_orchestration.release.rollout.plan_values import parse_duration
 from hotpot_orchestration.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +59,12 @@ def test_valid_plan_parses_durations_gates_and_optional_comparison():
     [
         (VALID.replace("weight: 50", "weight: 10"), "step 2 (weight 10): weights must rise strictly"),
         (VALID.replace("weight: 50", "weight: 20"), "step 2 (weight 20): weights must rise strictly"),
-        (VALID.replace("weight: 50", "weight: 101"), "step 2 (weight 101): weight must be within 1..100"),
-        (VALID.replace("weight: 20", "weight: 0"), "step 1 (weight 0): weight must be within 1..100"),
+        (VALID.replace("weight: 50", "weight: 101"), "step 2 (weight 101): weight: must be within 1..100"),
+        (VALID.replace("weight: 20", "weight: 0"), "step 1 (weight 0): weight: must be within 1..100"),
         (VALID.replace("{weight: 20, pause: 4s}", "{weight: 20, pause: -4s}"), "step 1 (weight 20): pause"),
         (VALID.replace("{weight: 20, pause: 4s}", "{weight: 20, pause: 0}"), "step 1 (weight 20): pause"),
         (VALID.replace("{weight: 20, pause: 4s}", "{weight: 20}"), "step 1 (weight 20): missing pause"),
-        (VALID.replace("gate: manual", "gate: auto"), "step 2 (weight 50): gate must be one of manual"),
+        (VALID.replace("gate: manual", "gate: auto"), "step 2 (weight 50): gate: must be one of manual"),
         (VALID.replace("weight: 50", "weight: 50.5"), "step 2 (weight 50.5): weight: expected a whole"),
         (VALID.replace("latency_p95:", "latency_p99:"), "analysis.metrics.latency_p99: unknown metric"),
         (VALID.replace("threshold: 1.0", "threshold: 0"), "analysis.metrics.latency_p95.threshold"),
@@ -80,7 +74,7 @@ def test_valid_plan_parses_durations_gates_and_optional_comparison():
         (VALID.replace('job="api-{color}"', 'job="api"'), "analysis.selector"),
         (VALID.replace("min_requests: 20", "min_requests: 0"), "analysis.min_requests"),
         (VALID.replace("approval_timeout: 1m\n", ""), "plan: missing approval_timeout"),
-        (VALID + "extra: 1\n", "plan: unknown key(s) extra"),
+        (VALID + "extra: 1\n", "plan: unknown key extra"),
         ("steps: [", "not valid YAML"),
     ],
 )
@@ -91,15 +85,32 @@ def test_bad_plans_fail_naming_the_step_or_section(text: str, named: str):
     assert str(caught.value).startswith("rollout plan bad.yaml: ")
 
 
+def test_every_problem_of_a_plan_is_reported_at_once():
+    text = (
+        VALID.replace("interval: 2s", "interval: soon")
+        .replace("weight: 50", "weight: 101")
+        .replace("threshold: 1.0", "threshold: 0")
+        .replace("scale_down_delay: 1s", "scale_down_delay: 1s, color: green")
+    )
+    with pytest.raises(PlanError) as caught:
+        parse_plan(text, source="bad.yaml")
+    assert str(caught.value).splitlines() == [
+        "rollout plan bad.yaml: analysis.interval: expected a duration such as 30s or 10m, got 'soon'",
+        "  analysis.metrics.latency_p95.threshold: must be positive, got 0.0",
+        "  step 2 (weight 101): weight: must be within 1..100, got 101",
+        "  blue_green: unknown key color",
+    ]
+
+
 def test_durations():
-    assert parse_duration("10m", "x") == 600
-    assert parse_duration("1.5s", "x") == 1.5
-    assert parse_duration("250ms", "x") == 0.25
-    assert parse_duration(90, "x") == 90
-    assert parse_duration("2h", "x") == 7200
-    for bad in ("", "10 minutes", True, "-1s", 0):
-        with pytest.raises(PlanError):
-            parse_duration(bad, "x")
+    assert parse_duration("10m") == 600
+    assert parse_duration("1.5s") == 1.5
+    assert parse_duration("250ms") == 0.25
+    assert parse_duration(90) == 90
+    assert parse_duration("2h") == 7200
+    for bad in ("", "10 minutes", True, "-1s", 0, None):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
 
 
 def test_the_code_location_refuses_to_load_a_bad_plan(tmp_path):
@@ -178,7 +189,7 @@ def test_the_shipped_configmap_holds_a_valid_plan_equal_to_the_packaged_one():
     manifest = yaml.safe_load((ROOT / "deploy/k8s/rollout-plan.yaml").read_text())
     assert manifest["kind"] == "ConfigMap" and manifest["metadata"]["name"] == "hotpot-rollout-plan"
     shipped = parse_plan(manifest["data"]["rollout_plan.yaml"], source="deploy/k8s/rollout-plan.yaml")
-    assert replace(shipped, source="") == replace(load_plan(), source="")
+    assert shipped == load_plan()
     # The Helm values mount it where HOTPOT_ROLLOUT_PLAN points, for the code location and its runs.
     values = yaml.safe_load((ROOT / "deploy/helm/values.yaml").read_text())
     [deployment] = values["dagster-user-deployments"]["deployments"]

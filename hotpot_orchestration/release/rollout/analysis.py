@@ -3,7 +3,8 @@
 The metric names are the seed's (`http_requests_total{status}`, `http_request_duration_seconds` histogram).
 A colour's series are picked by the plan's selector. Missing data is never read as good news: too few canary
 requests, NaN or an empty result make a measurement "inconclusive", and only a measurement in which every
-metric was judged against real numbers can pass.
+metric was judged against real numbers can pass. The plan's `analysis:` section is read into `Analysis`
+here, beside the metrics it names.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from hotpot_orchestration.release.rollout.plan import Analysis, MetricRule
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from hotpot_orchestration.release.rollout.plan_values import (
+    Count,
+    Duration,
+    Number,
+    PlanSection,
+    PositiveNumber,
+    WholeNumber,
+)
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 
@@ -49,6 +58,65 @@ METRICS: dict[str, Callable[[str, float], str]] = {
     "error_ratio": error_ratio_query,
     "latency_p95": latency_p95_query,
 }
+
+
+class MetricRule(PlanSection):
+    """One metric of `analysis.metrics`: the canary fails above `threshold`, or above stable's value plus
+    `max_increase_over_stable` (None: judged against the threshold only)."""
+
+    name: str
+    threshold: PositiveNumber
+    max_increase_over_stable: Number | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in METRICS:
+            raise ValueError(f"unknown metric; known metrics: {', '.join(METRICS)}")
+        return name
+
+
+class Analysis(PlanSection):
+    """How canaries are measured: every `interval` over the last `window` (both default to `interval`),
+    watched for a failure every `watch_every`."""
+
+    interval: Duration
+    # Default: the interval.
+    window: Duration = Field(default_factory=lambda fields: fields["interval"])
+    watch_every: Duration = Field(default_factory=lambda fields: fields["interval"])
+    min_requests: Count
+    max_inconclusive: WholeNumber
+    selector: str
+    metrics: tuple[MetricRule, ...] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_by_name(cls, data: Any) -> Any:
+        """In the file, metrics are a mapping by name."""
+        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
+            rules = [
+                {"name": name, **rule} if isinstance(rule, dict) else rule
+                for name, rule in data["metrics"].items()
+            ]
+            data = {**data, "metrics": rules}
+        return data
+
+    @field_validator("watch_every")
+    @classmethod
+    def _within_interval(cls, watch_every: float, info: ValidationInfo) -> float:
+        if watch_every > info.data.get("interval", watch_every):
+            raise ValueError("must not be longer than analysis.interval")
+        return watch_every
+
+    @field_validator("selector")
+    @classmethod
+    def _names_the_color(cls, selector: str) -> str:
+        if "{color}" not in selector:
+            raise ValueError("label matchers containing {color}, such as 'color=\"{color}\"'")
+        return selector
+
+    def selector_for(self, color: str) -> str:
+        return self.selector.replace("{color}", color)
 
 
 class PrometheusError(RuntimeError):
