@@ -13,8 +13,19 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PositiveFloat,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hotpot_orchestration.platform.proc import CommandFailed, CommandTimedOut, last_lines, run
 
@@ -28,10 +39,14 @@ class GateConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Gate:
+    # The annotations are also the gates file's schema (see `GatesFile`).
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
     name: str
-    run: str
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    env: Mapping[str, str] = field(default_factory=dict)
+    run: Annotated[str, StringConstraints(pattern=r"\S")]
+    timeout_seconds: PositiveFloat = DEFAULT_TIMEOUT_SECONDS
+    # YAML's `CI: true` or `JOBS: 4` reach the gate's environment as the text they were written as.
+    env: Mapping[str, Annotated[str, BeforeValidator(str)]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,30 +76,71 @@ class GateFailed(RuntimeError):
         )
 
 
-def parse_gates(data: object, origin: str = GATES_FILE) -> list[Gate]:
-    """Gates from parsed YAML: `{gates: [{name, run, timeout_seconds?, env?}, ...]}` or the bare list."""
+class GatesFile(BaseModel):
+    """`{gates: [{name?, run, timeout_seconds?, env?}, ...]}` or the bare list; a gate's name defaults to
+    its command's first word."""
+
+    gates: list[Gate]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        items = data.get("gates") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise ValueError("expected a `gates:` list")
+        return {"gates": [_with_name(item) for item in items]}
+
+    @field_validator("gates")
+    @classmethod
+    def _names_unique(cls, gates: list[Gate]) -> list[Gate]:
+        names = [gate.name for gate in gates]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError("; ".join(f"gate name {name!r} appears twice" for name in twice))
+        return gates
+
+
+def _with_name(item: Any) -> Any:
+    if (
+        isinstance(item, dict)
+        and not item.get("name")
+        and isinstance(item.get("run"), str)
+        and item["run"].split()
+    ):
+        return {**item, "name": item["run"].split()[0]}
+    return item
+
+
+def _gate_problems(invalid: ValidationError, data: Any) -> list[str]:
+    """Each problem once, named by its gate (`gate #2 'lint'`); unknown keys of a gate together."""
     items = data.get("gates") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise GateConfigError(f"{origin}: expected a `gates:` list")
-    gates, names = [], set()
-    for position, item in enumerate(items, start=1):
-        if not isinstance(item, dict) or not isinstance(item.get("run"), str) or not item["run"].strip():
-            raise GateConfigError(f"{origin}: gate #{position} needs a `run:` command")
-        name = str(item.get("name") or item["run"].split()[0])
-        if name in names:
-            raise GateConfigError(f"{origin}: gate name {name!r} appears twice")
-        names.add(name)
-        unknown = set(item) - {"name", "run", "timeout_seconds", "env"}
-        if unknown:
-            raise GateConfigError(f"{origin}: gate {name!r} has unknown keys {sorted(unknown)}")
-        timeout = item.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-        if not isinstance(timeout, int | float) or timeout <= 0:
-            raise GateConfigError(f"{origin}: gate {name!r} timeout_seconds must be a positive number")
-        env = item.get("env") or {}
-        if not isinstance(env, dict):
-            raise GateConfigError(f"{origin}: gate {name!r} env must be a mapping")
-        gates.append(Gate(name, item["run"], float(timeout), {str(k): str(v) for k, v in env.items()}))
-    return gates
+    problems: dict[str, list[str]] = {}
+    for error in invalid.errors(include_url=False):
+        loc, kind = error["loc"], error["type"]
+        if len(loc) < 2:
+            problems.setdefault(str(error["ctx"]["error"]) if kind == "value_error" else error["msg"], [])
+            continue
+        item = items[loc[1]]
+        name = item.get("name") if isinstance(item, dict) else None
+        where = f"gate #{loc[1] + 1}" + (f" {name!r}" if name else "")
+        key = ".".join(map(str, loc[2:]))
+        if kind == "unexpected_keyword_argument":
+            problems.setdefault(f"{where} has unknown keys", []).append(key)
+        elif key in ("run", "name"):  # a name is missing only where the command is: one problem
+            problems.setdefault(f"{where} needs a `run:` command", [])
+        else:
+            problems.setdefault(
+                f"{where}{f' {key}' if key else ''}: {error['msg']}, got {error['input']!r}", []
+            )
+    return [f"{problem} {sorted(keys)}" if keys else problem for problem, keys in problems.items()]
+
+
+def parse_gates(data: object, origin: str = GATES_FILE) -> list[Gate]:
+    """Gates from parsed YAML (see `GatesFile`); every problem of the file is reported at once."""
+    try:
+        return GatesFile.model_validate(data).gates
+    except ValidationError as invalid:
+        raise GateConfigError(f"{origin}: " + "\n  ".join(_gate_problems(invalid, data))) from None
 
 
 def load_gates(source: Path, gates_file: str = GATES_FILE) -> list[Gate]:
