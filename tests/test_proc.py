@@ -125,6 +125,14 @@ def test_the_stderr_tail_is_bounded_to_its_last_lines():
     assert proc.last_lines(tail, 3) == "line 4998\nline 4999\nline 5000"
 
 
+def test_a_caller_that_judges_every_message_keeps_them_all():
+    """pg_restore's messages are all judged (restores/pgtools): the first error of thousands is kept."""
+    script = "for i in $(seq 1 5000); do echo line $i >&2; done"
+    finished = proc.run(["sh", "-c", script], timeout=60, tail_bytes=1024 * 1024)
+    assert finished.tail.startswith("line 1\n") and finished.tail.endswith("line 5000")
+    assert len(finished.tail.splitlines()) == 5000
+
+
 def test_secrets_are_redacted_from_the_tail():
     env = {
         "PATH": os.environ["PATH"],

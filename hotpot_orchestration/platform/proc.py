@@ -115,11 +115,12 @@ def last_lines(text: str, lines: int = TAIL_LINES) -> str:
 
 
 class _Tail(threading.Thread):
-    """Drains a stream (so the child never blocks on it) and keeps its last TAIL_BYTES."""
+    """Drains a stream (so the child never blocks on it) and keeps its last `limit` bytes."""
 
-    def __init__(self, stream: IO[bytes]):
+    def __init__(self, stream: IO[bytes], limit: int):
         super().__init__(name="stderr-tail", daemon=True)
         self.stream = stream
+        self.limit = limit
         self.chunks: collections.deque[bytes] = collections.deque()
         self.size = 0
         self.start()
@@ -128,12 +129,12 @@ class _Tail(threading.Thread):
         for line in self.stream:
             self.chunks.append(line)
             self.size += len(line)
-            while self.size > TAIL_BYTES and len(self.chunks) > 1:
+            while self.size > self.limit and len(self.chunks) > 1:
                 self.size -= len(self.chunks.popleft())
 
     def text(self) -> str:
         self.join()
-        return b"".join(self.chunks)[-TAIL_BYTES:].decode(errors="replace").strip()
+        return b"".join(self.chunks)[-self.limit :].decode(errors="replace").strip()
 
 
 def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
@@ -158,6 +159,7 @@ class Child:
         secrets: Iterable[str],
         cwd: str | os.PathLike | None,
         user: str | None,
+        tail_bytes: int = TAIL_BYTES,
     ):
         self.argv = [str(arg) for arg in argv]
         self.timeout = timeout
@@ -188,7 +190,7 @@ class Child:
                     fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         merged_into_pipe = merge_stderr and stdout == PIPE
         tailed = self.process.stdout if merged_into_pipe else self.process.stderr
-        self._tail = _Tail(tailed) if tailed is not None else None
+        self._tail = _Tail(tailed, tail_bytes) if tailed is not None else None
         self.stdout = None if merged_into_pipe else self.process.stdout
         self.stdin = self.process.stdin
         self._deadline = threading.Timer(timeout, self._expire)
@@ -283,9 +285,11 @@ def spawn(
     secrets: Iterable[str] = (),
     cwd: str | os.PathLike | None = None,
     user: str | None = None,
+    tail_bytes: int = TAIL_BYTES,
 ) -> Child:
     """Start `argv` (stdin: /dev/null, PIPE or a file; stdout: PIPE, a file or DEVNULL; stderr tailed, or
-    merged into stdout). Use it as a context manager: leaving the block kills whatever still runs."""
+    merged into stdout; `tail_bytes` of it kept). Use it as a context manager: leaving the block kills
+    whatever still runs."""
     return Child(
         argv,
         timeout=timeout,
@@ -296,6 +300,7 @@ def spawn(
         secrets=secrets,
         cwd=cwd,
         user=user,
+        tail_bytes=tail_bytes,
     )
 
 
@@ -327,6 +332,7 @@ def run(
     secrets: Iterable[str] = (),
     cwd: str | os.PathLike | None = None,
     check: bool = True,
+    tail_bytes: int = TAIL_BYTES,
 ) -> Finished:
     """Run `argv` to completion: its stdout and stderr tail. CommandFailed on a non-zero exit when `check`;
     CommandTimedOut past `timeout` in any case."""
@@ -338,6 +344,7 @@ def run(
         merge_stderr=merge_stderr,
         secrets=secrets,
         cwd=cwd,
+        tail_bytes=tail_bytes,
     ) as child:
         stdout = child.stdout.read() if child.stdout is not None else b""
         returncode = child.wait()

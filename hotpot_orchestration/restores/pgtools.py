@@ -43,6 +43,8 @@ _ROLE_REFERENCES = tuple(
         r"^ALTER DEFAULT PRIVILEGES FOR ROLE ",
     )
 )
+# pg_restore's messages kept for judging: thousands of errors fit; a restore printing more has failed anyway.
+PG_RESTORE_MESSAGE_BYTES = 16 * 1024 * 1024
 _UNKNOWN_SETTING = re.compile(r'unrecognized configuration parameter "(?P<name>[^"]+)"')
 # Reading a table of contents or a schema takes seconds even for large databases: a hang ends here.
 SCHEMA_TIMEOUT_SECONDS = 900
@@ -223,9 +225,11 @@ def run_pg_restore(
     env = target.env()
     env["PGOPTIONS"] = "-c synchronous_commit=off -c maintenance_work_mem=256MB"
     started = time.monotonic()
-    # Only the last few KiB of pg_restore's messages are judged: its final "errors ignored" count is among
-    # them, and the manifest checks after the restore catch what an earlier, cut-off message was about.
-    result = run(argv, env=env, timeout=LONG_RUNNING_SECONDS, check=False)
+    # Every message is judged, not only the last few: a drill lists each error, and a harmless SET that an
+    # older server rejects (tolerated, once per session) must not hide a real error printed before it.
+    result = run(
+        argv, env=env, timeout=LONG_RUNNING_SECONDS, check=False, tail_bytes=PG_RESTORE_MESSAGE_BYTES
+    )
     seconds = time.monotonic() - started
     stderr = result.tail
     errors, tolerated, ignored = judge_stderr(stderr, server_major=server_major, restore_major=restore_major)
