@@ -76,6 +76,28 @@ def test_the_release_gate_is_drawn_in_the_graph_as_lineage_only(defs):
     assert all(put.dagster_type.is_nothing for put in inputs), [put.name for put in inputs]
 
 
+def test_the_blue_green_release_draws_the_same_gate(defs):
+    """blue_green_release_job is made of assets too: its first one depends on the image and, lineage only,
+    on postgres_backup, restore_drill and physical_backup (the WAL gate is on by default), and its last
+    ones are not production_release, which the canary's last step alone materializes in the graph."""
+    graph = defs.get_repository_def().asset_graph
+    job = defs.resolve_job_def("blue_green_release_job")
+    keys = job.asset_layer.executable_asset_keys
+    first = next(key for key in keys if not graph.get(key).parent_keys & keys)
+    assert first == dg.AssetKey("blue_green_deploy_idle")
+    upstream = {key.to_user_string() for key in graph.get(first).parent_keys}
+    assert upstream == {"api_image", "postgres_backup", "restore_drill", "physical_backup"}
+    assert {key.to_user_string() for key in keys} == {
+        "blue_green_deploy_idle",
+        "blue_green_switch",
+        "blue_green_scale_down_old",
+    }
+    assert all(graph.get(key).group_name == "release" for key in keys)
+    assert job.partitions_def is None
+    inputs = job.graph.node_named(first.to_user_string()).definition.input_defs
+    assert all(put.dagster_type.is_nothing for put in inputs), [put.name for put in inputs]
+
+
 def test_nightly_schedule_follows_the_configured_time_zone():
     defs = build_definitions(load_settings({"HOTPOT_TIMEZONE": "Europe/Moscow"}))
     schedule = defs.get_repository_def().get_schedule_def("nightly_backup_schedule")

@@ -70,9 +70,14 @@ def stack():
         yield started
 
 
+@pytest.fixture(scope="module", autouse=True)
+def aws_credentials():
+    """boto3's own chain, as in production: every test's gate lists the backups, with or without `spec`."""
+    os.environ.update(AWS_ENV)
+
+
 @pytest.fixture(scope="module")
 def spec(stack, registry, s3):
-    os.environ.update(AWS_ENV)  # boto3's own chain, as in production
     return release_spec(stack, registry, s3, PLAN)
 
 
@@ -283,12 +288,19 @@ def test_a_canary_without_traffic_is_never_promoted(stack, spec, instance):
     assert stack.router().state().canary_weight == 0
 
 
-def test_gates_block_a_release_and_name_the_failed_gate(stack, instance, registry, s3):
+@pytest.mark.parametrize(
+    ("job_name", "first_step"),
+    [("canary_release_job", "canary_weight_20"), ("blue_green_release_job", "blue_green_deploy_idle")],
+    ids=["canary", "blue-green"],
+)
+def test_gates_block_a_release_and_name_the_failed_gate(stack, instance, registry, s3, job_name, first_step):
     stale = release_spec(stack, registry, s3, PLAN, backup_age=timedelta(hours=30))
     bad = {**stale, "image": {**stale["image"], "digest": "sha256:" + "f" * 64}}
-    result = execute(bad, instance)
+    result = execute(bad, instance, job_name)
     assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data
+    [failed] = [e for e in result.all_events if e.is_step_failure]
+    assert failed.step_key == first_step
+    failure = failed.step_failure_data
     message = failure.error.message
     assert "gate 'backup fresh and verified'" in message and "30.0 h old" in message
     assert "gate 'image digest in the registry'" in message and "not in the registry" in message
@@ -378,6 +390,8 @@ def test_blue_green_switches_after_health_checks_and_keeps_the_new_colour(stack,
     assert release.run_id == result.run_id
     metadata = release.asset_materialization.metadata
     assert metadata["strategy"].value == "blue-green" and metadata["digest"].value == spec["image"]["digest"]
+    for step in ("blue_green_deploy_idle", "blue_green_switch", "blue_green_scale_down_old"):
+        assert materialized(instance, step).run_id == result.run_id, step
     assert stack.router().state() == RouteState("green", 0)
     after = traffic.between(weight_switch_at(instance, result.run_id) + 0.2, math.inf)
     assert Traffic.share(after, "green") == 100.0, Counter(hit.color for hit in after)

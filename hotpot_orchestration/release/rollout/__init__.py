@@ -2,7 +2,9 @@
 
 The plan (HOTPOT_ROLLOUT_PLAN's file, else the packaged rollout_plan.yaml) is validated when the code
 location loads and generates one asset per step, `canary_weight_<W>`, between `api_image` and
-`production_release`, all in `canary_release_job`.
+`production_release`, all in `canary_release_job`. `blue_green_release_job` runs the blue-green assets
+`blue_green_deploy_idle` -> `blue_green_switch` -> `blue_green_scale_down_old`, also downstream of
+`api_image`; both jobs are always defined, and a release is one or the other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from hotpot_orchestration.release.rollout.gates import WalArchiveWatch
 from hotpot_orchestration.release.rollout.plan import RolloutPlan, load_plan
 from hotpot_orchestration.release.rollout.releases import (
     APPROVAL_SPEC,
+    blue_green_assets,
     blue_green_job,
     canary_assets,
     canary_job,
@@ -30,8 +33,12 @@ def build_rollout_defs(
     """Assets, jobs and the sensor for `plan` (a refused gate links to `ui_url`, the Dagster UI); the
     resources come from the caller. The gates look at WAL archiving in `wal_archive` (None: they do not)."""
     return dg.Definitions(
-        assets=[*canary_assets(plan, ui_url, wal_archive), APPROVAL_SPEC],
-        jobs=[canary_job(plan), blue_green_job(plan, ui_url, wal_archive), rollback_job],
+        assets=[
+            *canary_assets(plan, ui_url, wal_archive),
+            *blue_green_assets(plan, ui_url, wal_archive),
+            APPROVAL_SPEC,
+        ],
+        jobs=[canary_job(plan), blue_green_job, rollback_job],
         sensors=[release_failure_sensor],
     )
 

@@ -1,5 +1,6 @@
 """Dagster side of releases: the canary step assets generated from the plan, production_release, the
-blue-green and rollback jobs. Thin: `controller`, `analysis`, `gates` and the routers make the decisions.
+blue-green assets, and the rollback job. Thin: `controller`, `analysis`, `gates` and the routers make the
+decisions.
 
 Safety rules kept here:
 - A release stopped on purpose (a failed, inconclusive or unapproved analysis, an operator's rejection,
@@ -8,9 +9,10 @@ Safety rules kept here:
   `hotpot/release-outcome: rolled back`. Only errors fail a step (with their trace).
 - Every release step runs under `_stable_on_error`: whatever else ends it early (an error, the run being
   terminated) also sends stable all the traffic before the step ends.
-- Steps run only inside canary_release_job (so inside the release queue), and a step other than the first
-  refuses to run unless the router is at the previous step's weight, so re-executing from a failure cannot
-  skip the gates and the deployment.
+- Steps run only inside their release job (so inside the release queue), and a step other than the first
+  refuses to run unless the router is at the previous step's weight (canary) or the previous step
+  materialized in the same release (blue-green), so re-executing from a failure cannot skip the gates and
+  the deployment.
 - Release runs record their worker and a heartbeat (see `liveness`) for release_failure_sensor.
 """
 
@@ -291,11 +293,36 @@ class OperatorApproval:
         )
 
 
-def _in_release_job(context) -> None:
+def _in_release_job(context, job_name: str) -> None:
     """Materializing a step from the asset graph would run outside the release queue (no hotpot/release
-    tag) and beside a release in progress: only canary_release_job may move release traffic."""
-    if context.job_def.name != CANARY_JOB:
-        raise dg.Failure(description=f"Release steps run only in {CANARY_JOB}: launch that job instead.")
+    tag) and beside a release in progress: only the release job `job_name` may move its traffic."""
+    if context.job_def.name != job_name:
+        raise dg.Failure(description=f"Release steps run only in {job_name}: launch that job instead.")
+
+
+def _materialized_in_this_release(context, asset_name: str) -> dict:
+    """The metadata of `asset_name`'s latest materialization, which must come from this run or the run it
+    re-executes: a later blue-green step acts only on what an earlier one did in the same release, so a
+    re-execution cannot skip the gates and the deployment."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset_name))
+    family = context.run.root_run_id or context.run.run_id
+    run = context.instance.get_run_by_id(event.run_id) if event else None
+    if run is None or (run.root_run_id or run.run_id) != family:
+        raise dg.Failure(
+            description=f"{asset_name} did not materialize in this release: launch {BLUE_GREEN_JOB} from "
+            "its first step."
+        )
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def _gate_deps(wal_archive: WalArchiveWatch | None) -> list[dg.AssetDep]:
+    """The release gate drawn in the graph, on the first step of either strategy: lineage only, nothing is
+    loaded from these assets. Without a partition mapping the unpartitioned step depends on all of
+    postgres_backup's daily partitions."""
+    deps = [dg.AssetDep(BACKUP), dg.AssetDep(DRILL_ASSET)]
+    if wal_archive is not None:
+        deps.append(dg.AssetDep(PHYSICAL))  # whose wal_archive check the gate reads
+    return deps
 
 
 def _expect_weight(state: RouteState, weight: int, what: str) -> None:
@@ -329,15 +356,10 @@ def canary_step_asset(
             else ""
         )
     )
-    # The first step's gate, drawn in the graph: lineage only, nothing is loaded from these assets. Without a
-    # partition mapping the unpartitioned step depends on all of postgres_backup's daily partitions.
-    gate_deps = [dg.AssetDep(BACKUP), dg.AssetDep(DRILL_ASSET)] if first else []
-    if first and wal_archive is not None:
-        gate_deps.append(dg.AssetDep(PHYSICAL))  # whose wal_archive check the gate reads
 
     @dg.asset(
         name=step.asset_name,
-        deps=[upstream, *gate_deps],
+        deps=[upstream, *(_gate_deps(wal_archive) if first else [])],
         group_name=GROUP,
         description=description,
         output_required=False,
@@ -350,7 +372,7 @@ def canary_step_asset(
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
     ) -> Iterator[dg.MaterializeResult]:
-        _in_release_job(context)
+        _in_release_job(context, CANARY_JOB)
         image = _image(release_image)
         router = traffic_router.router()
         with _alive(context):
@@ -407,7 +429,7 @@ def production_release_asset(plan: RolloutPlan) -> dg.AssetsDefinition:
         traffic_router: TrafficRouterResource,
         release_image: ReleaseImageResource,
     ) -> Iterator[dg.MaterializeResult]:
-        _in_release_job(context)
+        _in_release_job(context, CANARY_JOB)
         image = _image(release_image)
         router = traffic_router.router()
         with _alive(context), _stable_on_error(context, router):
@@ -435,41 +457,62 @@ def _release_metadata(image: ReleaseImageResource, strategy: str, before: RouteS
     }
 
 
-def blue_green_job(
+BLUE_GREEN_DEPLOY = "blue_green_deploy_idle"
+BLUE_GREEN_SWITCH = "blue_green_switch"
+BLUE_GREEN_SCALE_DOWN = "blue_green_scale_down_old"
+
+
+def blue_green_assets(
     plan: RolloutPlan, ui_url: str, wal_archive: WalArchiveWatch | None = None
-) -> dg.JobDefinition:
+) -> list[dg.AssetsDefinition]:
     settings = plan.blue_green
 
-    @dg.op(description="Safety gates, then the image on the idle colour, healthy on /health and /ready.")
+    @dg.asset(
+        name=BLUE_GREEN_DEPLOY,
+        deps=["api_image", *_gate_deps(wal_archive)],
+        group_name=GROUP,
+        description="Blue-green release, first: the safety gates (a fresh verified postgres_backup, proven "
+        "restorable by restore_drill; WAL archiving working, as the wal_archive check of physical_backup "
+        "sees it; the image in the registry), then the image on the idle colour (no traffic), healthy on "
+        "/health and /ready.",
+    )
     def blue_green_deploy_idle(
-        context: dg.OpExecutionContext,
+        context: dg.AssetExecutionContext,
         traffic_router: TrafficRouterResource,
         release_image: ReleaseImageResource,
         registry: RegistryResource,
         backup_storage: BackupStorageResource,
-    ) -> str:
+    ) -> dg.MaterializeResult:
+        _in_release_job(context, BLUE_GREEN_JOB)
         router = traffic_router.router()
         with _alive(context):
             image = _image(release_image)
             _check_gates(context, image, registry, backup_storage, ui_url, wal_archive)
             state = _deploy_idle(context, plan, router, image)
-        return state.idle
+        return dg.MaterializeResult(
+            metadata={"idle_color": state.idle, "live_color": state.live, "image": image.tagged_reference}
+        )
 
-    @dg.op(
+    @dg.asset(
+        name=BLUE_GREEN_SWITCH,
+        deps=[BLUE_GREEN_DEPLOY],
+        group_name=GROUP,
         description=f"All traffic to the new colour, analysed for {settings.analysis:g}s against stable's "
         "numbers from just before the switch; switches back on failure or rollback_job (and the old colour "
-        "is kept), else makes it live.",
-        # No output when switched back: the scale-down is skipped.
-        out=dg.Out(str, is_required=False),
+        "is kept, without materializing this asset), else makes it live and records production_release "
+        "with strategy 'blue-green'.",
+        # Not materialized when switched back: the scale-down is skipped.
+        output_required=False,
     )
     def blue_green_switch(
-        context: dg.OpExecutionContext,
-        new_color: str,
+        context: dg.AssetExecutionContext,
         traffic_router: TrafficRouterResource,
         canary_prometheus: CanaryPrometheusResource,
         release_image: ReleaseImageResource,
-    ) -> Iterator[dg.Output]:
+    ) -> Iterator[dg.MaterializeResult]:
+        _in_release_job(context, BLUE_GREEN_JOB)
         image = _image(release_image)
+        new_color = _materialized_in_this_release(context, BLUE_GREEN_DEPLOY)["idle_color"]
         router = traffic_router.router()
         prometheus = canary_prometheus.client()
         what = f"blue-green {new_color}"
@@ -490,25 +533,32 @@ def blue_green_job(
                 stable=None,
                 baseline=baseline,
                 duration=settings.analysis,
-                record=_recorder(context, PRODUCTION_ASSET, what),
+                record=_recorder(context, BLUE_GREEN_SWITCH, what),
                 stop=lambda: _rollback_requested(context),
             )
             if not result.passed:
                 _end_rolled_back(context, router, what, result)
                 return
             after = router.promote()
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=PRODUCTION_ASSET,
-                metadata=_release_metadata(image, "blue-green", before, after) | _result_metadata(result),
-            )
-        )
-        yield dg.Output(before.live)
+        metadata = _release_metadata(image, "blue-green", before, after) | _result_metadata(result)
+        # production_release is the one record of what is live, whichever strategy released it
+        # (new_image_tag_sensor reads its digest).
+        context.log_event(dg.AssetMaterialization(asset_key=PRODUCTION_ASSET, metadata=metadata))
+        yield dg.MaterializeResult(metadata=metadata)
 
-    @dg.op(description=f"Scales the old colour down {settings.scale_down_delay:g}s after the switch.")
+    @dg.asset(
+        name=BLUE_GREEN_SCALE_DOWN,
+        deps=[BLUE_GREEN_SWITCH],
+        group_name=GROUP,
+        description=f"Scales the old colour down {settings.scale_down_delay:g}s after the switch; not "
+        "materialized when the old colour is live again by then (rolled back).",
+        output_required=False,
+    )
     def blue_green_scale_down_old(
-        context: dg.OpExecutionContext, old_color: str, traffic_router: TrafficRouterResource
-    ) -> None:
+        context: dg.AssetExecutionContext, traffic_router: TrafficRouterResource
+    ) -> Iterator[dg.MaterializeResult]:
+        _in_release_job(context, BLUE_GREEN_JOB)
+        old_color = _materialized_in_this_release(context, BLUE_GREEN_SWITCH)["previous_color"]
         with _alive(context):
             # Until then the old colour is an instant way back (rollback_job).
             time.sleep(settings.scale_down_delay)
@@ -518,18 +568,20 @@ def blue_green_job(
                 return
             router.scale_down(old_color)
         context.log.info(f"{old_color} scaled down")
+        yield dg.MaterializeResult(metadata={"scaled_down_color": old_color})
 
-    @dg.job(
-        name=BLUE_GREEN_JOB,
-        tags=RELEASE_TAGS,
-        executor_def=dg.in_process_executor,
-        description="Blue-green release: deploy to the idle colour, check /health and /ready, switch all "
-        "traffic, keep analysing, switch back on failure, scale the old colour down after a delay.",
-    )
-    def blue_green_release_job():
-        blue_green_scale_down_old(blue_green_switch(blue_green_deploy_idle()))
+    return [blue_green_deploy_idle, blue_green_switch, blue_green_scale_down_old]
 
-    return blue_green_release_job
+
+blue_green_job = dg.define_asset_job(
+    name=BLUE_GREEN_JOB,
+    selection=[BLUE_GREEN_DEPLOY, BLUE_GREEN_SWITCH, BLUE_GREEN_SCALE_DOWN],
+    tags=RELEASE_TAGS,
+    executor_def=dg.in_process_executor,
+    description="Blue-green release: gates, deploy to the idle colour, check /health and /ready, switch all "
+    "traffic, keep analysing, switch back on failure, scale the old colour down after a delay. Takes the "
+    "image as resources.release_image config.",
+)
 
 
 @dg.op(
