@@ -32,7 +32,10 @@ class Approval:
     note: str
 
 
-class Gate(Protocol):
+class ApprovalGate(Protocol):
+    """A manual approval a step waits for once its analysis passed (the Dagster side: approval.py); not the
+    release's safety gates (gates.py) nor an image's CI gates (release/image/gates.py)."""
+
     timeout: float
 
     def open(self) -> None:
@@ -62,7 +65,7 @@ def analyse(
     stable: str | None,
     duration: float,
     baseline: Mapping[str, float | None] | None = None,
-    gate: Gate | None = None,
+    gate: ApprovalGate | None = None,
     record: Callable[[Measurement], None] = lambda measurement: None,
     stop: Callable[[], str | None] = lambda: None,
     clock: Callable[[], float] = time.monotonic,
@@ -129,7 +132,7 @@ def ending(what: str, result: StepResult, live: str, live_share: int) -> str:
     return f"{what} {result.message}; rolled back: {live} serves {live_share} %"
 
 
-def _answered(result: StepResult, gate: Gate) -> bool:
+def _answered(result: StepResult, gate: ApprovalGate) -> bool:
     """Ends the step on a rejection at any time, or on an approval once the latest measurement passed
     (an approval never turns an inconclusive measurement into a pass: it waits for the next good one)."""
     if result.approval is None:

@@ -17,12 +17,12 @@ from hotpot_orchestration.pitr.archive import CHECK_INTERVAL_SECONDS, ArchivedWa
 from hotpot_orchestration.pitr.barman import BarmanCloud
 
 
-class GateFailed(RuntimeError):
-    """One or more safety gates did not pass."""
+class ReleaseGateRefused(RuntimeError):
+    """One or more of a release's safety gates did not pass."""
 
 
 @dataclass(frozen=True)
-class GateResult:
+class ReleaseGateResult:
     name: str
     passed: bool
     detail: str
@@ -31,27 +31,29 @@ class GateResult:
 
 def backup_gate(
     find_latest_verified: Callable[[], Any], now: datetime, *, database: str, max_age: timedelta
-) -> GateResult:
+) -> ReleaseGateResult:
     """The latest verified backup of `database` (the one being released against) exists and is younger
     than `max_age`; `find_latest_verified` looks up only that database's backups."""
     name = "backup fresh and verified"
     if not database:
-        return GateResult(
+        return ReleaseGateResult(
             name, False, "HOTPOT_DATABASE_URL is not set: the database whose backup to ask for is unknown"
         )
     try:
         latest = find_latest_verified()
     except Exception as exc:  # any failure to look is a failed gate, with the reason
-        return GateResult(name, False, f"could not list backups of {database!r}: {type(exc).__name__}: {exc}")
+        return ReleaseGateResult(
+            name, False, f"could not list backups of {database!r}: {type(exc).__name__}: {exc}"
+        )
     if latest is None:
-        return GateResult(name, False, f"no verified backup of database {database!r} exists")
+        return ReleaseGateResult(name, False, f"no verified backup of database {database!r} exists")
     age = now - latest.created_at
     hours = age.total_seconds() / 3600
     detail = f"latest verified backup of {database!r}, {latest.dump_key}, is {hours:.1f} h old"
     if age > max_age:
         limit = f"{detail}; the limit is {max_age.total_seconds() / 3600:g} h"
-        return GateResult(name, False, limit, latest)
-    return GateResult(name, True, detail, latest)
+        return ReleaseGateResult(name, False, limit, latest)
+    return ReleaseGateResult(name, True, detail, latest)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def wal_archive_gate(
     now: datetime,
     *,
     watch: WalArchiveWatch | None,
-) -> GateResult:
+) -> ReleaseGateResult:
     """WAL archiving works, judged as the wal_archive check judges it, from what a release may read.
 
     A release has no database credentials (only the bucket's, as for the backup gate), so pg_stat_archiver
@@ -110,18 +112,20 @@ def wal_archive_gate(
     """
     name = "WAL archiving working"
     if watch is None:
-        return GateResult(name, True, "not looked at: no WAL archive (PITR) is configured for releases")
+        return ReleaseGateResult(
+            name, True, "not looked at: no WAL archive (PITR) is configured for releases"
+        )
     location, limit = watch.location, watch.max_age_seconds
     try:
         archived = list_archive()
     except Exception as exc:
         detail = f"could not list the WAL archive {location}: {type(exc).__name__}: {exc}"
-        return GateResult(name, False, detail, WalArchiveState(location))
+        return ReleaseGateResult(name, False, detail, WalArchiveState(location))
     try:
         report = latest_check()
     except Exception as exc:
         detail = f"could not read the wal_archive check's latest evaluation: {type(exc).__name__}: {exc}"
-        return GateResult(name, False, detail, WalArchiveState(location))
+        return ReleaseGateResult(name, False, detail, WalArchiveState(location))
     newest = archived.newest
     age = (now - newest[1]).total_seconds() if newest else None
     state = WalArchiveState(location, newest[0] if newest else None, age, report)
@@ -139,41 +143,41 @@ def wal_archive_gate(
         )
     if report is not None and not report.passed and (newest is None or newest[1] <= report.evaluated_at):
         detail = f"WAL archiving is failing: {checked}; {seen}, none archived since; {WAL_TO_DO}"
-        return GateResult(name, False, detail, state)
+        return ReleaseGateResult(name, False, detail, state)
     if newest is None or age > limit:
         recent = timedelta(seconds=limit + CHECK_INTERVAL_SECONDS)
         if report is not None and report.passed and now - report.evaluated_at <= recent:
             detail = f"{seen} (limit {limit} s), but {checked}: the server had no WAL waiting to archive"
-            return GateResult(name, True, detail, state)
+            return ReleaseGateResult(name, True, detail, state)
         detail = (
             f"WAL archiving is not keeping up: {seen} (limit {limit} s) and {checked}"
             + ("" if report is None or not report.passed else ", too long ago to vouch for an idle server")
             + f"; {WAL_TO_DO}"
         )
-        return GateResult(name, False, detail, state)
+        return ReleaseGateResult(name, False, detail, state)
     if report is not None and not report.passed:
         checked += "; a segment was archived after it"
-    return GateResult(name, True, f"{seen} (limit {limit} s); {checked}", state)
+    return ReleaseGateResult(name, True, f"{seen} (limit {limit} s); {checked}", state)
 
 
-def image_gate(resolve_digest: Callable[[], str | None], reference: str, digest: str) -> GateResult:
+def image_gate(resolve_digest: Callable[[], str | None], reference: str, digest: str) -> ReleaseGateResult:
     """The image's digest exists in the registry (HEAD of the manifest by digest)."""
     name = "image digest in the registry"
     try:
         found = resolve_digest()
     except Exception as exc:
         detail = f"could not ask the registry about {reference}: {type(exc).__name__}: {exc}"
-        return GateResult(name, False, detail)
+        return ReleaseGateResult(name, False, detail)
     if found is None:
-        return GateResult(name, False, f"{reference} is not in the registry")
+        return ReleaseGateResult(name, False, f"{reference} is not in the registry")
     if found != digest:
-        return GateResult(name, False, f"{reference} resolves to {found}, not {digest}")
-    return GateResult(name, True, f"{reference} is in the registry")
+        return ReleaseGateResult(name, False, f"{reference} resolves to {found}, not {digest}")
+    return ReleaseGateResult(name, True, f"{reference} is in the registry")
 
 
-def require(results: list[GateResult]) -> None:
+def require(results: list[ReleaseGateResult]) -> None:
     failed = [result for result in results if not result.passed]
     if failed:
-        raise GateFailed(
+        raise ReleaseGateRefused(
             "release blocked by " + "; ".join(f"gate '{result.name}': {result.detail}" for result in failed)
         )

@@ -39,7 +39,7 @@ from hotpot_orchestration.release.rollout.controller import (
     wait_healthy,
 )
 from hotpot_orchestration.release.rollout.gates import (
-    GateFailed,
+    ReleaseGateRefused,
     WalArchiveWatch,
     backup_gate,
     image_gate,
@@ -184,7 +184,7 @@ def _check_gates(
         context.log.info(f"gate '{result.name}': {'passed' if result.passed else 'FAILED'}: {result.detail}")
     try:
         require(results)
-    except GateFailed as exc:
+    except ReleaseGateRefused as exc:
         metadata = {
             result.name: f"{'passed' if result.passed else 'failed'}: {result.detail}" for result in results
         }
