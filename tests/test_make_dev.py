@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from hotpot_devstack import free_port
 
@@ -119,7 +120,9 @@ def test_the_banner_names_the_ui_nginx_the_env_file_and_the_first_steps(make_dev
     for step in ("nightly_backup_job", "restore_drill_job", "build_image_job"):
         assert step in banner
     logs = Path(env["HOTPOT_DEVSTACK_DIR"]) / "logs"
-    assert str(logs / "daemon.log") in banner and (logs / "daemon.log").stat().st_size > 0
+    assert str(logs / "daemon.log") in banner
+    # The daemon's output goes to the file the banner names (its first lines may come after the banner).
+    wait_until(lambda: (logs / "daemon.log").stat().st_size > 0, 60, "the daemon writes to daemon.log")
     # dagster dev's warnings (a dagster.yaml "not used", "use dg dev") are avoided, not filtered.
     assert "will not be used" not in text and "dg dev" not in text
     assert "will not be used" not in (logs / "webserver.log").read_text(errors="replace")
