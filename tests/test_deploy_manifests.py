@@ -2,14 +2,16 @@
 
 - Every document in deploy/k8s/*.yaml validates against the Kubernetes OpenAPI schemas shipped with
   `kubernetes-validate`, in strict mode (unknown fields are errors), for the oldest Kubernetes minor
-  version we support and for the newest one the package ships.
+  version we support and for the newest one the package ships; CloudNativePG's kinds, which those
+  schemas do not know, against its CRD schemas in tests/test_pitr_cnpg.py.
 - Least privilege, proven by running the code: the routers (ingress-nginx, gateway-api), the kaniko
   builder, rollback_job and release_failure_sensor's rollback run with the settings of
   deploy/k8s/config.yaml, as the service accounts of deploy/k8s/, against the API stand-in of
   tests/support/k8s_api.py, which enforces the Roles and RoleBindings of deploy/k8s/ as the API server's
   RBAC authorizer does (no Kubernetes API server runs here). Every request must be granted, and every
   grant must be used by some request: a missing grant, a grant in the wrong namespace or a grant nobody
-  needs fails a test.
+  needs fails a test. The grants in the database namespace are proven the same way by
+  tests/test_pitr_cnpg.py, which runs the CloudNativePG driver.
 - The writable Dagster webserver is reachable only through oauth2-proxy (deploy/k8s/ui.yaml).
 - deploy/README.md lists a `kubectl auth can-i` check for every grant, and only those.
 - deploy/helm/values.yaml is validated with `jsonschema` against the Dagster chart's values schemas
@@ -89,6 +91,8 @@ def _documents() -> list[tuple[str, dict]]:
 
 
 DOCUMENTS = _documents()
+# CloudNativePG's kinds: not in the Kubernetes OpenAPI schemas (tests/test_pitr_cnpg.py checks them).
+BUILT_IN_DOCUMENTS = [(name, doc) for name, doc in DOCUMENTS if doc["apiVersion"] != "postgresql.cnpg.io/v1"]
 
 
 def _by_kind(kind: str) -> dict[str, dict]:
@@ -110,7 +114,7 @@ def test_manifests_exist():
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize(("name", "doc"), DOCUMENTS, ids=[name for name, _ in DOCUMENTS])
+@pytest.mark.parametrize(("name", "doc"), BUILT_IN_DOCUMENTS, ids=[name for name, _ in BUILT_IN_DOCUMENTS])
 def test_manifest_matches_kubernetes_schema(name, doc, version):
     _validate(doc, version)
 
@@ -151,7 +155,12 @@ def test_namespaced_objects_live_in_the_namespaces_of_the_settings():
         if doc["kind"] == "Namespace":
             continue
         namespace = doc["metadata"].get("namespace")
-        assert namespace in ours | {settings.k8s_app_namespace}, f"{name} must name one of our namespaces"
+        assert namespace in ours | {settings.k8s_app_namespace, settings.cnpg_namespace}, (
+            f"{name} must name one of our namespaces"
+        )
+        # The database namespace: the Cluster, its object store's credentials, the PITR permissions.
+        if namespace == settings.cnpg_namespace:
+            assert doc["kind"] in ("Cluster", "Secret", "Role", "RoleBinding"), name
         # Only the release permissions reach into the application's namespace.
         if namespace == settings.k8s_app_namespace:
             assert doc["kind"] in ("Role", "RoleBinding"), name
@@ -272,7 +281,11 @@ def test_every_request_is_granted_and_every_grant_is_used(cluster, monkeypatch, 
     _run_everything(cluster, monkeypatch, tmp_path)
     assert cluster.forbidden() == [], "requests the shipped Roles refuse (403 in a cluster)"
     used = {(r.user, r.namespace, r.group, r.resource, r.verb) for r in cluster.used()}
-    granted = {(user, g.namespace, g.group, g.resource, g.verb) for user, g in cluster.rbac.grants()}
+    granted = {
+        (user, g.namespace, g.group, g.resource, g.verb)
+        for user, g in cluster.rbac.grants()
+        if g.namespace != GATEWAY.cnpg_namespace  # used by the CloudNativePG driver: test_pitr_cnpg.py
+    }
     assert used - granted == set()
     assert granted - used == set(), "grants that no release, build or rollback uses: remove them"
 
@@ -470,17 +483,20 @@ def test_the_ui_check_finds_an_unauthenticated_route(expose):
 _CAN_I = re.compile(r"^kubectl auth can-i (?P<args>.+?)\s+# (?P<answer>yes|no)$", re.MULTILINE)
 
 
-def _can_i_checks() -> list[tuple[str, str, str, str, str, bool]]:
-    """(user, verb, group, resource, namespace, expected) of every can-i line of deploy/README.md."""
+def _can_i_checks() -> list[tuple[str, str, str, str, str, str | None, bool]]:
+    """(user, verb, group, resource, namespace, name, expected) of every can-i line of deploy/README.md."""
     checks = []
     for match in _CAN_I.finditer(DEPLOY_README.read_text()):
         args = shlex.split(match["args"])
         options = dict(arg.split("=", 1) for arg in args if arg.startswith("--"))
         verb, what, _, namespace = [arg for arg in args if not arg.startswith("--")]
+        what, _, name = what.partition("/")  # TYPE/NAME: a grant limited to resourceNames
         resource, _, group = what.partition(".")
         if "--subresource" in options:
             resource = f"{resource}/{options['--subresource']}"
-        checks.append((options["--as"], verb, group, resource, namespace, match["answer"] == "yes"))
+        checks.append(
+            (options["--as"], verb, group, resource, namespace, name or None, match["answer"] == "yes")
+        )
     return checks
 
 
@@ -488,11 +504,11 @@ def test_readme_checks_every_grant_with_kubectl_auth_can_i():
     rbac = Rbac(manifests())
     checks = _can_i_checks()
     assert checks, "deploy/README.md has no `kubectl auth can-i ... # yes|no` lines"
-    for user, verb, group, resource, namespace, expected in checks:
-        assert rbac.allows(user, verb, group, resource, namespace, None) is expected, (user, verb, resource)
+    for user, verb, group, resource, namespace, name, expected in checks:
+        assert rbac.allows(user, verb, group, resource, namespace, name) is expected, (user, verb, resource)
     listed = {
         (user, namespace, group, resource, verb)
-        for user, verb, group, resource, namespace, yes in checks
+        for user, verb, group, resource, namespace, _, yes in checks
         if yes
     }
     granted = {(user, g.namespace, g.group, g.resource, g.verb) for user, g in rbac.grants()}
@@ -503,7 +519,9 @@ def test_can_i_lines_are_what_kubectl_accepts():
     for line in _CAN_I.finditer(DEPLOY_README.read_text()):
         args = shlex.split(line["args"])
         assert args[0].startswith("--as=system:serviceaccount:") and args[-2] == "-n", line[0]
-        assert re.fullmatch(r"[a-z]+", args[1]) and re.fullmatch(r"[a-z]+(\.[a-z0-9.-]+)?", args[2]), line[0]
+        assert re.fullmatch(r"[a-z]+", args[1]) and re.fullmatch(
+            r"[a-z]+(\.[a-z0-9.-]+)?(/[a-z0-9-]+)?", args[2]
+        ), line[0]
 
 
 # -- the code location in its pod --------------------------------------------------------------------
