@@ -18,7 +18,6 @@ SEGMENT = 16 * 1024 * 1024
 def status(**changes) -> ArchiverStatus:
     fields = dict(
         archive_mode="on",
-        archived_count=10,
         last_archived_wal="00000001000000000000000A",
         last_archived_time=NOW - timedelta(seconds=30),
         failed_count=0,

@@ -284,7 +284,7 @@ def test_real_port_with_nothing_listening_is_unavailable():
         port = sock.getsockname()[1]
     registry = RegistryClient(f"127.0.0.1:{port}", max_attempts=2, backoff_initial=0.01)
     with pytest.raises(RegistryUnavailable, match=f"127.0.0.1:{port}"):
-        registry.ping()
+        registry.manifest_digest("team/api", "latest")
 
 
 def test_image_config_of_an_index_picks_the_platform():

@@ -23,7 +23,6 @@ CHECK_INTERVAL_SECONDS = 300
 @dataclass(frozen=True)
 class ArchiverStatus:
     archive_mode: str
-    archived_count: int
     last_archived_wal: str | None
     last_archived_time: datetime | None
     failed_count: int
@@ -47,19 +46,18 @@ class ArchiverStatus:
 def archiver_status(target: PgTarget) -> ArchiverStatus:
     with target.connect(connect_timeout=10) as conn:
         row = conn.execute(
-            "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal,"
-            " last_failed_time, pg_walfile_name(pg_current_wal_lsn()), current_setting('archive_mode')"
+            "SELECT last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time,"
+            " pg_walfile_name(pg_current_wal_lsn()), current_setting('archive_mode')"
             " FROM pg_stat_archiver"
         ).fetchone()
     return ArchiverStatus(
-        archived_count=row[0],
-        last_archived_wal=row[1],
-        last_archived_time=row[2],
-        failed_count=row[3],
-        last_failed_wal=row[4],
-        last_failed_time=row[5],
-        current_wal=row[6],
-        archive_mode=row[7],
+        last_archived_wal=row[0],
+        last_archived_time=row[1],
+        failed_count=row[2],
+        last_failed_wal=row[3],
+        last_failed_time=row[4],
+        current_wal=row[5],
+        archive_mode=row[6],
     )
 
 

@@ -120,12 +120,6 @@ class BarmanCloud:
         backups = json.loads(out)["backups_list"]
         return sorted(backups, key=lambda backup: backup.get("end_time_iso") or "")
 
-    def show_backup(self, backup_id: str, env: dict[str, str] | None = None) -> dict:
-        argv = self._argv(
-            "barman-cloud-backup-show", "--format", "json", self.destination, self.server_name, backup_id
-        )
-        return json.loads(run(argv, env=env))[backup_id]
-
 
 def run(
     argv: list[str], *, env: dict[str, str] | None = None, timeout: float = proc.LONG_RUNNING_SECONDS

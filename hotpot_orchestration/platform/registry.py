@@ -381,11 +381,6 @@ class RegistryClient:
 
     # ------------------------------------------------------------------ reading
 
-    def ping(self) -> None:
-        """Check that the registry answers the v2 API (authenticating if it asks)."""
-        response = self.request("GET", "/v2/")
-        self._raise_for(response, "ping", "")
-
     def iter_tag_pages(self, repository: str, page_size: int | None = None) -> Iterator[list[str]]:
         """Yield the repository's tags one page at a time (one request per page)."""
         n = page_size or self.page_size
