@@ -40,6 +40,30 @@ def test_parse_errors_are_specific(tmp_path):
     assert parse_gates({"gates": []}) == []
 
 
+def test_every_problem_of_a_gates_file_is_reported_at_once():
+    with pytest.raises(GateConfigError) as error:
+        parse_gates(
+            {
+                "gates": [
+                    {"name": "lint", "run": "make lint", "timeout_seconds": -1},
+                    {"name": "test", "command": "make test", "retries": 2},
+                    {"run": "make audit", "env": ["CI=1"]},
+                ]
+            },
+            origin="checkout/gates.yaml",
+        )
+    assert str(error.value).splitlines() == [
+        "checkout/gates.yaml: gate #1 'lint' timeout_seconds: Input should be greater than 0, got -1",
+        "  gate #2 'test' needs a `run:` command",
+        "  gate #2 'test' has unknown keys ['command', 'retries']",
+        "  gate #3 env: Input should be a valid dictionary, got ['CI=1']",
+    ]
+    assert parse_gates([{"run": "make", "env": {"CI": True, "JOBS": 4}}])[0].env == {
+        "CI": "True",
+        "JOBS": "4",
+    }
+
+
 def test_gates_run_in_order_and_a_failure_stops_the_rest(tmp_path):
     gates = [
         Gate("first", "echo one > first.txt"),

@@ -101,13 +101,10 @@ class GatesFile(BaseModel):
 
 
 def _with_name(item: Any) -> Any:
-    if (
-        isinstance(item, dict)
-        and not item.get("name")
-        and isinstance(item.get("run"), str)
-        and item["run"].split()
-    ):
-        return {**item, "name": item["run"].split()[0]}
+    """A gate without a name is named by its command's first word."""
+    command = item.get("run") if isinstance(item, dict) else None
+    if isinstance(command, str) and command.split() and not item.get("name"):
+        return {**item, "name": command.split()[0]}
     return item
 
 
@@ -126,7 +123,7 @@ def _gate_problems(invalid: ValidationError, data: Any) -> list[str]:
         key = ".".join(map(str, loc[2:]))
         if kind == "unexpected_keyword_argument":
             problems.setdefault(f"{where} has unknown keys", []).append(key)
-        elif key in ("run", "name"):  # a name is missing only where the command is: one problem
+        elif key == "run" or (key == "name" and kind == "missing"):  # no name: no command to take it from
             problems.setdefault(f"{where} needs a `run:` command", [])
         else:
             problems.setdefault(
