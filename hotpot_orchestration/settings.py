@@ -373,8 +373,8 @@ class Settings(BaseModel):
 # The values of unset variables: what a resource built without settings falls back on.
 DEFAULTS = Settings()
 
-# variable -> field name, in the order of the fields.
-VARIABLES = {field.alias: name for name, field in Settings.model_fields.items()}
+# Every variable, in the order of the fields.
+VARIABLES = tuple(field.alias for field in Settings.model_fields.values())
 
 
 def _holds_secret(annotation: Any) -> bool:
@@ -387,9 +387,9 @@ SECRET_VARIABLES = frozenset(
 )
 
 
-def _servers_of_one_colour(environ: Mapping[str, str]) -> list[str]:
+def _servers_of_one_colour(given: Mapping[str, str]) -> list[str]:
     """The nginx router routes between two colours: the servers of one without the other's are a mistake."""
-    blue, green = (bool(environ.get(f"HOTPOT_{color}_SERVERS", "").strip()) for color in ("BLUE", "GREEN"))
+    blue, green = (f"HOTPOT_{color}_SERVERS" in given for color in ("BLUE", "GREEN"))
     if blue == green:
         return []
     given, missing = ("BLUE", "GREEN") if blue else ("GREEN", "BLUE")
@@ -405,15 +405,15 @@ _KUBERNETES_REQUIRES = {
 }
 
 
-def _kubernetes_unset(environ: Mapping[str, str]) -> list[str]:
+def _kubernetes_unset(given: Mapping[str, str]) -> list[str]:
     problems = []
     for chooser, (kinds, required) in _KUBERNETES_REQUIRES.items():
-        chosen = environ.get(chooser, "").strip()
+        chosen = given.get(chooser)
         if chosen in kinds:
             problems += [
                 f"{variable} is not set: {chooser}={chosen} needs it"
                 for variable in required
-                if not environ.get(variable, "").strip()
+                if variable not in given
             ]
     return problems
 
@@ -429,6 +429,7 @@ def _problem(error: Mapping[str, Any], given: Mapping[str, str]) -> str:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every variable; report all bad ones at once."""
     environ = os.environ if environ is None else environ
+    # Blank is unset.
     given = {
         variable: environ[variable].strip() for variable in VARIABLES if environ.get(variable, "").strip()
     }
