@@ -244,8 +244,8 @@ def _build(builder, name: str) -> None:
 def _run_everything(cluster, monkeypatch, tmp_path) -> None:
     """What releases, rollbacks, builds and release_failure_sensor do, each as its own account."""
     from hotpot_orchestration.release.image.builders import BuildFailed
-    from hotpot_orchestration.release.rollout.releases import rollback_job
     from hotpot_orchestration.release.rollout.resources import traffic_router_resource
+    from hotpot_orchestration.release.rollout.rollback import rollback_job
 
     sign_in(cluster, monkeypatch, tmp_path, RELEASE_SERVICE_ACCOUNT)  # release and build runs
     for settings in (INGRESS_NGINX, GATEWAY):

@@ -15,8 +15,8 @@ from hotpot_orchestration.backups.checks import MAX_AGE
 from hotpot_orchestration.definitions import build_resources
 from hotpot_orchestration.platform.resources import BackupStorageResource
 from hotpot_orchestration.release.image.resource import RegistryResource
+from hotpot_orchestration.release.rollout.checklist import check_gates
 from hotpot_orchestration.release.rollout.gates import backup_gate
-from hotpot_orchestration.release.rollout.releases import _check_gates
 from hotpot_orchestration.settings import load_settings
 
 PREFIX = "database/"
@@ -50,7 +50,7 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
     other_key, _ = write_backup_record(client, bucket, PREFIX, "analytics", now - timedelta(hours=1), ok=True)
 
     with dg.build_op_context() as context, pytest.raises(dg.Failure) as blocked:
-        _check_gates(context, *gate_resources)
+        check_gates(context, *gate_resources)
     message = blocked.value.description
     assert "gate 'backup fresh and verified': no verified backup of database 'thehotpotspot'" in message
     assert other_key not in message
@@ -60,13 +60,13 @@ def test_another_databases_backup_does_not_open_the_gate(s3, registry):
         client, bucket, PREFIX, "thehotpotspot", now - timedelta(hours=27), ok=True
     )
     with dg.build_op_context() as context, pytest.raises(dg.Failure) as stale:
-        _check_gates(context, *gate_resources)
+        check_gates(context, *gate_resources)
     assert f"latest verified backup of 'thehotpotspot', {stale_key}, is 27.0 h old" in stale.value.description
     assert "the limit is 26 h" in stale.value.description
 
     write_backup_record(client, bucket, PREFIX, "thehotpotspot", now - timedelta(hours=2), ok=True)
     with dg.build_op_context() as context:
-        _check_gates(context, *gate_resources)  # passes: no exception
+        check_gates(context, *gate_resources)  # passes: no exception
 
 
 def test_the_gates_database_is_hotpot_database_urls_and_unset_blocks_the_release():

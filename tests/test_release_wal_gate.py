@@ -22,8 +22,8 @@ from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.release.image.resource import RegistryResource
 from hotpot_orchestration.release.rollout import wal_archive_watch
+from hotpot_orchestration.release.rollout.checklist import check_gates
 from hotpot_orchestration.release.rollout.gates import WalArchiveWatch, wal_archive_gate
-from hotpot_orchestration.release.rollout.releases import _check_gates
 from hotpot_orchestration.settings import load_settings
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -155,7 +155,7 @@ def test_a_release_is_refused_while_the_servers_archive_command_fails(s3, regist
 
         def release_gates(instance) -> None:
             with dg.build_op_context(instance=instance) as context:
-                _check_gates(
+                check_gates(
                     context,
                     image,
                     RegistryResource(registry=registry.host),

@@ -28,8 +28,8 @@ from support.deploy import (
 from support.k8s_api import KubernetesApiStandIn, validate_http_route
 
 from hotpot_orchestration.platform.kubernetes import RELEASE_SERVICE_ACCOUNT
-from hotpot_orchestration.release.rollout.releases import rollback_job
 from hotpot_orchestration.release.rollout.resources import TrafficRouterResource, traffic_router_resource
+from hotpot_orchestration.release.rollout.rollback import rollback_job
 from hotpot_orchestration.release.rollout.routers import RouterError, RouteState
 from hotpot_orchestration.release.rollout.routers.kubernetes import (
     CANARY_ANNOTATION,

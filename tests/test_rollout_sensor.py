@@ -156,8 +156,8 @@ def test_the_code_location_has_one_asset_per_plan_step_between_api_image_and_pro
 def test_a_step_materialized_outside_canary_release_job_refuses_to_move_traffic(instance):
     from hotpot_orchestration.platform.resources import BackupStorageResource
     from hotpot_orchestration.release.image.resource import RegistryResource, ReleaseImageResource
+    from hotpot_orchestration.release.rollout.canary import canary_assets
     from hotpot_orchestration.release.rollout.plan import load_plan
-    from hotpot_orchestration.release.rollout.releases import canary_assets
     from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource
 
     ROUTER.current = RouteState("blue", 20)

@@ -12,17 +12,13 @@ from __future__ import annotations
 import dagster as dg
 
 from hotpot_orchestration.pitr.barman import BarmanCloud
+from hotpot_orchestration.release.rollout.approval import APPROVAL_SPEC
+from hotpot_orchestration.release.rollout.blue_green import blue_green_assets, blue_green_job
+from hotpot_orchestration.release.rollout.canary import canary_assets, canary_job
 from hotpot_orchestration.release.rollout.gates import WalArchiveWatch
 from hotpot_orchestration.release.rollout.plan import RolloutPlan, load_plan
-from hotpot_orchestration.release.rollout.releases import (
-    APPROVAL_SPEC,
-    blue_green_assets,
-    blue_green_job,
-    canary_assets,
-    canary_job,
-    rollback_job,
-)
 from hotpot_orchestration.release.rollout.resources import CanaryPrometheusResource, traffic_router_resource
+from hotpot_orchestration.release.rollout.rollback import rollback_job
 from hotpot_orchestration.release.rollout.sensor import release_failure_sensor
 from hotpot_orchestration.settings import Settings
 
