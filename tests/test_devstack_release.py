@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -135,7 +134,7 @@ def test_make_dev_routes_real_traffic_that_a_release_shifts_and_prometheus_judge
     )
 
     # Judged like a release step: the default plan's selector and metrics, over a window short enough here.
-    analysis = replace(load_plan().analysis, window=5.0, min_requests=20)
+    analysis = load_plan().analysis.model_copy(update={"window": 5.0, "min_requests": 20})
 
     def green_against_blue():
         return measure(up, analysis, canary="green", stable="blue")

@@ -3,7 +3,6 @@ back the cursor each tick returns, as the daemon does."""
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import socket
@@ -93,7 +92,7 @@ def reason(result: dg.SensorResult) -> str:
 
 
 def location(registry_host: str, repository: str) -> dg.Definitions:
-    settings = dataclasses.replace(load_settings(), registry=registry_host, image_repository=repository)
+    settings = load_settings().model_copy(update={"registry": registry_host, "image_repository": repository})
     return build_definitions(settings)
 
 
