@@ -19,11 +19,14 @@ parts the code under test uses:
   built-in kinds (lists of named items merged by name; 415 for custom resources, as the API server does),
   label selectors on lists, `/status` and `/log` subresources.
 - Validation: every written object of a built-in kind is checked against the Kubernetes OpenAPI schema
-  with `kubernetes_validate` (strict), an HTTPRoute against the Gateway API v1 fields below; an invalid
-  write is 422.
+  with `kubernetes_validate` (strict), an HTTPRoute against the Gateway API v1 fields below, a
+  CloudNativePG Backup or Cluster against its vendored CRD schema (tests/cnpg_schema/); an invalid write
+  is 422.
 - Controllers: a Deployment whose spec changed gets a new generation and, `rollout_delay` seconds later,
   a status with every replica updated and available (never, for names in `stuck`). A Job gets a pod
-  labelled `job-name=NAME` and ends as `job_outcome(job)` says.
+  labelled `job-name=NAME` and ends as `job_outcome(job)` says. A CloudNativePG Backup or Cluster gets,
+  `rollout_delay` seconds after its creation, the status `cnpg_controller(obj)` returns (validated against
+  the CRD schema; None: no status yet), the part of CloudNativePG's operator the test plays.
 
 Every request is recorded in `requests` (who, verb, resource, namespace, allowed) so that tests can check
 which grants were used.
@@ -45,6 +48,8 @@ from urllib.parse import parse_qs, urlsplit
 import kubernetes_validate
 import yaml
 
+from .cnpg import validate_cnpg
+
 K8S_VERSION = kubernetes_validate.utils.major_minor(kubernetes_validate.latest_version())
 RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
 
@@ -57,8 +62,11 @@ RESOURCES = {
     ("", "pods"): ("Pod", "v1"),
     ("", "services"): ("Service", "v1"),
     ("", "secrets"): ("Secret", "v1"),
+    ("postgresql.cnpg.io", "backups"): ("Backup", "v1"),
+    ("postgresql.cnpg.io", "clusters"): ("Cluster", "v1"),
 }
-CUSTOM_GROUPS = {"gateway.networking.k8s.io"}
+CNPG_GROUP = "postgresql.cnpg.io"
+CUSTOM_GROUPS = {"gateway.networking.k8s.io", CNPG_GROUP}
 _PATH = re.compile(
     r"^/(?:api/(?P<core_version>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
     r"/namespaces/(?P<ns>[^/]+)/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
@@ -124,6 +132,8 @@ def validate_http_route(route: dict) -> None:
 def validate(obj: dict) -> None:
     if obj.get("kind") == "HTTPRoute":
         validate_http_route(obj)
+    elif obj.get("apiVersion", "").startswith(f"{CNPG_GROUP}/"):
+        validate_cnpg(obj)
     else:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -317,6 +327,8 @@ class ApiError(Exception):
 
 # What a Job does once created: ("succeeded" | "failed" | "running", termination message, pod log).
 JobOutcome = Callable[[dict], tuple[str, str, str]]
+# What CloudNativePG makes of a created Backup or Cluster: its status, or None for none yet.
+CnpgController = Callable[[dict], dict | None]
 
 
 class KubernetesApiStandIn:
@@ -327,6 +339,7 @@ class KubernetesApiStandIn:
         documents: list[dict],
         rollout_delay: float = 0.2,
         job_outcome: JobOutcome | None = None,
+        cnpg_controller: CnpgController | None = None,
     ):
         self.rbac = Rbac(documents)
         self.objects: dict[tuple[str, str, str, str], dict] = {}
@@ -336,6 +349,7 @@ class KubernetesApiStandIn:
         self.rollout_delay = rollout_delay
         self.stuck: set[str] = set()
         self.job_outcome = job_outcome or (lambda job: ("running", "", ""))
+        self.cnpg_controller = cnpg_controller or (lambda obj: None)
         self.logs: dict[tuple[str, str], str] = {}
         self._tokens: dict[str, str] = {}
         self._version = 1000
@@ -406,6 +420,8 @@ class KubernetesApiStandIn:
             self.objects[key] = obj
             if resource == "jobs" and created and old is None:
                 self._start_job(obj)
+            if group == CNPG_GROUP and created and old is None:
+                self._later(self.rollout_delay, self._reconcile_cnpg, key, copy.deepcopy(obj))
             return copy.deepcopy(obj)
 
     def _later(self, delay: float, function, *args) -> None:
@@ -430,6 +446,21 @@ class KubernetesApiStandIn:
                     readyReplicas=replicas,
                     availableReplicas=replicas,
                 )
+
+    def _reconcile_cnpg(self, key, obj: dict) -> None:
+        """CloudNativePG's operator: the status the test's controller gives (it may take its time: the
+        API answers meanwhile), unless the object was deleted first."""
+        status = self.cnpg_controller(obj)
+        if status is None:
+            return
+        with self._lock:
+            current = self.objects.get(key)
+            if current is None or current["metadata"]["uid"] != obj["metadata"]["uid"]:
+                return
+            validate({**current, "status": status})
+            current["status"] = status
+            self._version += 1
+            current["metadata"]["resourceVersion"] = str(self._version)
 
     def _start_job(self, job: dict) -> None:
         """The Job controller and kubelet: one pod, ending as job_outcome says."""
