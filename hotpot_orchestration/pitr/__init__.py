@@ -69,6 +69,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 kms_key_id=settings.backup_kms_key_id,
                 wal_archive_max_age_seconds=settings.wal_archive_max_age_seconds,
                 recovery_window_days=settings.pitr_recovery_window_days,
+                driver=settings.pitr_driver,
+                cnpg_namespace=settings.cnpg_namespace,
+                cnpg_cluster=settings.cnpg_cluster,
             )
         },
     )

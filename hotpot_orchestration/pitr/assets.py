@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from hotpot_orchestration.backups.assets import BACKUP, backup_partitions
+from hotpot_orchestration.pitr import cnpg
 from hotpot_orchestration.pitr.archive import CheckReport, evaluate
 from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
 from hotpot_orchestration.pitr.physical import apply_retention, take_base_backup
@@ -34,6 +35,10 @@ class PitrResource(dg.ConfigurableResource):
     kms_key_id: str | None = Field(default=None, description="SSE-KMS key; AES256 when unset")
     wal_archive_max_age_seconds: int = DEFAULTS.wal_archive_max_age_seconds
     recovery_window_days: int = DEFAULTS.pitr_recovery_window_days
+    # HOTPOT_PITR_DRIVER: barman-cloud here, or the operator of the CloudNativePG Cluster named below.
+    driver: str = DEFAULTS.pitr_driver
+    cnpg_namespace: str | None = None
+    cnpg_cluster: str | None = None
 
     def barman(self) -> BarmanCloud:
         return BarmanCloud(
@@ -43,6 +48,12 @@ class PitrResource(dg.ConfigurableResource):
             endpoint_url=self.endpoint_url,
             kms_key_id=self.kms_key_id,
         )
+
+    def cloudnativepg(self) -> cnpg.CnpgCluster | None:
+        """The CloudNativePG Cluster with the `cloudnativepg` driver; None: barman-cloud here."""
+        if self.driver != "cloudnativepg":
+            return None
+        return cnpg.CnpgCluster(namespace=self.cnpg_namespace, name=self.cnpg_cluster)
 
 
 def latest_wal_archive_report(instance: dg.DagsterInstance) -> CheckReport | None:
@@ -79,7 +90,8 @@ def build_pitr_assets(settings: Settings):
         partitions_def=partitions,
         group_name="backups",
         description="A barman-cloud base backup of HOTPOT_DATABASE_URL's server (gzip, encrypted) under "
-        "HOTPOT_PITR_PREFIX; with the archived WAL it recovers any moment after it.",
+        "HOTPOT_PITR_PREFIX; with the archived WAL it recovers any moment after it. With "
+        "HOTPOT_PITR_DRIVER=cloudnativepg, a Backup that the Cluster's operator takes.",
     )
     def physical_backup(
         context: dg.AssetExecutionContext,
@@ -87,20 +99,25 @@ def build_pitr_assets(settings: Settings):
         backup_storage: BackupStorageResource,
         pitr: PitrResource,
     ) -> dg.MaterializeResult:
+        label, cluster, operator = f"hotpot-{context.partition_key}", pitr.cloudnativepg(), {}
         try:
-            backup = take_base_backup(
-                pitr.barman(),
-                postgres.target,
-                backup_storage.client(),
-                label=f"hotpot-{context.partition_key}",
-            )
-        except BarmanError as error:
+            if cluster is None:
+                backup = take_base_backup(
+                    pitr.barman(), postgres.target, backup_storage.client(), label=label
+                )
+            else:
+                backup, request = cnpg.take_base_backup(
+                    cluster, pitr.barman(), backup_storage.client(), label=label, log=context.log.info
+                )
+                operator = request.metadata
+        except (BarmanError, cnpg.CnpgError) as error:
             raise dg.Failure(description=str(error)) from None
         context.log.info(
             f"base backup {backup.backup_id}: {backup.stored_bytes:,} bytes in {backup.seconds:.1f} s"
         )
+        metadata = {**backup.metadata, **operator}
         return dg.MaterializeResult(
-            metadata={name: value for name, value in backup.metadata.items() if value is not None}
+            metadata={name: value for name, value in metadata.items() if value is not None}
         )
 
     @dg.asset(
@@ -162,7 +179,8 @@ def build_pitr_assets(settings: Settings):
         deps=[PHYSICAL, BACKUP],
         group_name="backups",
         description="Recovers a scratch server from the newest base backup and WAL to the logical backup's "
-        "restore point (every table's row count as in its manifest), then to the archive's end (the RPO).",
+        "restore point (every table's row count as in its manifest), then to the archive's end (the RPO). "
+        "With HOTPOT_PITR_DRIVER=cloudnativepg, a recovery Cluster at the restore point, deleted after.",
     )
     def pitr_drill(
         context: dg.AssetExecutionContext,
@@ -174,18 +192,21 @@ def build_pitr_assets(settings: Settings):
         from hotpot_orchestration.pitr.drill import run_drill
         from hotpot_orchestration.pitr.recover import RecoveryError
 
+        common = dict(
+            barman=pitr.barman(),
+            client=backup_storage.client(),
+            backup_bucket=backup_storage.bucket,
+            backup_prefix=backup_storage.prefix,
+            source=postgres.target,
+            env=dict(os.environ),
+            log=context.log.info,
+        )
         try:
-            result = run_drill(
-                barman=pitr.barman(),
-                client=backup_storage.client(),
-                backup_bucket=backup_storage.bucket,
-                backup_prefix=backup_storage.prefix,
-                source=postgres.target,
-                bin_dir=postgres.bin_dir(),
-                env=dict(os.environ),
-                log=context.log.info,
-            )
-        except (RecoveryError, BarmanError, RunAsError, PgToolError) as error:
+            if (cluster := pitr.cloudnativepg()) is None:
+                result = run_drill(bin_dir=postgres.bin_dir(), **common)
+            else:
+                result = cnpg.run_drill(cluster=cluster, **common)
+        except (RecoveryError, BarmanError, RunAsError, PgToolError, cnpg.CnpgError) as error:
             raise dg.Failure(description=str(error)) from None
         for note in result.notes:
             context.log.warning(note)
