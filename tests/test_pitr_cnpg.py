@@ -59,15 +59,16 @@ def _shipped(kind: str, name: str) -> dict:
     return copy.deepcopy(doc)
 
 
+def _settings_barman() -> BarmanCloud:
+    """The archive the settings of deploy/k8s/config.yaml read."""
+    return PitrResource(
+        bucket=SETTINGS.backup_bucket, prefix=SETTINGS.pitr_prefix, server_name=SETTINGS.barman_server_name
+    ).barman()
+
+
 def _production() -> cnpg.Production:
-    """What a recovery Cluster takes from the shipped Cluster (as production_cluster reads it)."""
-    spec = _shipped("Cluster", CLUSTER.name)["spec"]
-    return cnpg.Production(
-        store=spec["backup"]["barmanObjectStore"],
-        spec={key: spec[key] for key in cnpg.COPIED_SPEC if key in spec},
-        database=spec["bootstrap"]["initdb"]["database"],
-        owner=spec["bootstrap"]["initdb"]["owner"],
-    )
+    """What a recovery Cluster takes from the shipped Cluster."""
+    return cnpg.production_of(_shipped("Cluster", CLUSTER.name), _settings_barman())
 
 
 def ready_status(cluster: dict) -> dict:
@@ -148,9 +149,7 @@ def test_the_cluster_archives_where_the_settings_read():
     assert cluster["metadata"]["namespace"] == SETTINGS.cnpg_namespace
     spec = cluster["spec"]
     store = spec["backup"]["barmanObjectStore"]
-    barman = PitrResource(
-        bucket=SETTINGS.backup_bucket, prefix=SETTINGS.pitr_prefix, server_name=SETTINGS.barman_server_name
-    ).barman()
+    barman = _settings_barman()
     assert (store["destinationPath"], store["serverName"]) == (barman.destination, barman.server_name)
     for stream in ("wal", "data"):
         assert store[stream] == {"compression": "gzip", "encryption": "AES256"}
@@ -236,11 +235,11 @@ def operator_api(monkeypatch, tmp_path):
 
 def _drill_cluster(**waits):
     """The drill's Kubernetes part: the production Cluster's object store, a recovery Cluster, Ready."""
-    barman = PitrResource(
-        bucket=SETTINGS.backup_bucket, prefix=SETTINGS.pitr_prefix, server_name=SETTINGS.barman_server_name
-    ).barman()
     manifest = cnpg.recovery_manifest(
-        CLUSTER, cnpg.production_cluster(CLUSTER, barman), backup_id="20260301T010000", target_name="p"
+        CLUSTER,
+        cnpg.production_cluster(CLUSTER, _settings_barman()),
+        backup_id="20260301T010000",
+        target_name="p",
     )
     return cnpg.recovery_cluster(CLUSTER, manifest, poll_seconds=0.05, log=lambda _: None, **waits)
 

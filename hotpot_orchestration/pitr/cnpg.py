@@ -15,6 +15,7 @@ Every request here is one that deploy/k8s/rbac-database.yaml grants in HOTPOT_CN
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -75,8 +76,6 @@ def _custom_objects(client=None):
 
 def _api_error(error) -> str:
     """The API server's own message of an ApiException (its Status body), else the exception."""
-    import json
-
     try:
         return json.loads(error.body)["message"]
     except (TypeError, ValueError, KeyError):
@@ -231,6 +230,13 @@ def production_cluster(cluster: CnpgCluster, barman: BarmanCloud, client=None) -
         )
     except ApiException as error:
         raise CnpgError(f"Cluster {cluster.namespace}/{cluster.name}: {_api_error(error)}") from None
+    return production_of(production, barman)
+
+
+def production_of(production: dict[str, Any], barman: BarmanCloud) -> Production:
+    """What a recovery Cluster takes from the production Cluster `production`, refused unless it archives
+    to `barman`'s archive."""
+    cluster = CnpgCluster(namespace=production["metadata"]["namespace"], name=production["metadata"]["name"])
     store = production["spec"].get("backup", {}).get("barmanObjectStore")
     if store is None:
         raise CnpgError(f"Cluster {cluster.namespace}/{cluster.name} has no spec.backup.barmanObjectStore")
