@@ -29,12 +29,7 @@ PUBLIC_NAMES = [
     "postgres_backup",
     "backup_retention",
     "restore_drill",
-    pytest.param(
-        "api_image",
-        marks=pytest.mark.xfail(
-            strict=True, reason="release/rollout/releases.py still writes it instead of importing API_IMAGE"
-        ),
-    ),
+    "api_image",
     "production_release",
     "nightly_backup_schedule",
     "restore_drill_schedule",

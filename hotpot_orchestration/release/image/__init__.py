@@ -20,12 +20,13 @@ from hotpot_orchestration.release.image.resource import (
 from hotpot_orchestration.release.rollout.releases import (
     CANARY_JOB,
     GROUP,
+    IMAGE_ASSET,
     PRODUCTION_ASSET,
     RELEASE_QUEUE_TAG,
 )
 from hotpot_orchestration.settings import Settings
 
-API_IMAGE = dg.AssetKey("api_image")
+API_IMAGE = dg.AssetKey(IMAGE_ASSET)
 BUILD_JOB = "build_image_job"
 TAG_SENSOR = "new_image_tag_sensor"
 RUN_TAG_IMAGE_TAG = "hotpot/image-tag"

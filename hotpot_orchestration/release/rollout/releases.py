@@ -7,7 +7,7 @@ so they live here, apart from the assets and jobs, and each is written once.
 from hotpot_orchestration.platform.kubernetes import RELEASE_POD_TAGS
 
 GROUP = "release"
-IMAGE_ASSET = "api_image"  # built by the image concern; every release starts downstream of it
+IMAGE_ASSET = "api_image"  # built by release/image; every release starts downstream of it
 PRODUCTION_ASSET = "production_release"
 APPROVAL_ASSET = "release_approval"
 BLUE_GREEN_DEPLOY = "blue_green_deploy_idle"
