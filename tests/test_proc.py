@@ -125,6 +125,14 @@ def test_the_stderr_tail_is_bounded_to_its_last_lines():
     assert proc.last_lines(tail, 3) == "line 4998\nline 4999\nline 5000"
 
 
+def test_a_missing_program_is_file_not_found_as_popen_says():
+    """Callers turn FileNotFoundError into 'install X' (barman-cloud, buildah): not a CommandFailed."""
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        proc.run(["no-such-program", "--version"], timeout=10)
+    with pytest.raises(FileNotFoundError):
+        proc.spawn(["/nonexistent/bin/tool"])
+
+
 def test_a_caller_that_judges_every_message_keeps_them_all():
     """pg_restore's messages are all judged (restores/pgtools): the first error of thousands is kept."""
     script = "for i in $(seq 1 5000); do echo line $i >&2; done"

@@ -4,11 +4,14 @@ runs through here, under the same rules:
 - a deadline: past it the child's whole process group is killed and `CommandTimedOut` raised;
 - a process group of its own (a new session), killed as a whole when the command ends, fails, times out or
   its caller leaves early, so no grandchild outlives it;
-- on Linux, SIGKILL when the thread that started it dies (PR_SET_PDEATHSIG): a killed run leaves no
-  pg_restore writing into a scratch database the next run drops. The signal follows the starting *thread*,
-  so a child must not outlive the thread that spawned it (every `with spawn(...)` block ensures that). A
-  program that switches users itself (runuser, su) loses it: the kernel clears it on a credential change,
-  and only the group kill reaches what such a program starts;
+- on Linux, SIGKILL when the thread that started it dies (PR_SET_PDEATHSIG, set by util-linux's `setpriv`,
+  which then execs the program under the same pid): a killed run leaves no pg_restore writing into a
+  scratch database the next run drops. The signal follows the starting *thread*, so a child must not
+  outlive the thread that spawned it (every `with spawn(...)` block ensures that). A program that switches
+  users itself (runuser, su) loses it: the kernel clears it on a credential change, and only the group kill
+  reaches what such a program starts. No Python code runs between fork and exec (no `preexec_fn`): that
+  would make every fork take the interpreter's fork-time locks (logging's, the import lock), which can
+  deadlock a process whose other threads hold them, such as one running several in-process runs;
 - the last few KiB of its stderr kept (read on a thread, so the child never blocks on a full pipe), with
   secrets redacted: URL passwords, the values the caller names, and the child's secret-looking environment
   variables (PGPASSWORD, *_SECRET_*, ...);
@@ -20,14 +23,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
+import errno
 import fcntl
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,10 +55,20 @@ LONG_RUNNING_SECONDS = 172800.0
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
 _SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
 
-# Resolved here, not in the child: between fork and exec the child may only do the bare minimum (another
-# thread could hold the dynamic loader's lock).
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
+# Without setpriv (not Linux, or a system without util-linux) children lack only the death signal.
+_SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin")
+_DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
+
+
+def _check_exists(program: str, environment: Mapping[str, str], cwd: str | os.PathLike | None) -> None:
+    """FileNotFoundError, as Popen raises it, for a program that is not there: run through setpriv it would
+    otherwise be setpriv's failure (exit 127), and callers say what to install on FileNotFoundError."""
+    if os.sep in program:
+        found = (Path(cwd or ".") / program).exists()
+    else:
+        found = shutil.which(program, path=environment.get("PATH", os.defpath)) is not None
+    if not found:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 class CommandFailed(RuntimeError):
@@ -137,13 +150,6 @@ class _Tail(threading.Thread):
         return b"".join(self.chunks)[-self.limit :].decode(errors="replace").strip()
 
 
-def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-
 class Child:
     """A running program (see `spawn`); a context manager that kills its group and reaps it on exit."""
 
@@ -168,17 +174,16 @@ class Child:
         self.timed_out = False
         self._lock = threading.Lock()
         account = pwd.getpwnam(user) if user else None
-        parent = os.getpid()
+        _check_exists(self.argv[0], environment, cwd)
         self.process = subprocess.Popen(
-            self.argv,
+            # Python switches user before the exec, so the death signal setpriv sets survives the switch.
+            [*_DIE_WITH_PARENT, *self.argv],
             stdin=DEVNULL if stdin is None else stdin,
             stdout=stdout,
             stderr=subprocess.STDOUT if merge_stderr else PIPE,
             env=environment,
             cwd=cwd,
             start_new_session=True,
-            # Python switches user before it calls this, so the death signal survives the switch.
-            preexec_fn=lambda: _die_with_parent(parent),
             user=account.pw_uid if account else None,
             group=account.pw_gid if account else None,
             extra_groups=[] if account else None,
