@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from support import automation
 
 from hotpot_devstack import (
     DevStack,
@@ -146,10 +148,12 @@ def http_backend() -> Iterator[Callable[[str], str]]:
 
 
 class WebhookReceiver:
-    """A Slack-like webhook on 127.0.0.1 that records what it gets; `fail_next` answers 503 first."""
+    """A Slack-like webhook on 127.0.0.1 that records what it gets, and when it got the last message
+    (time.time()); `fail_next` answers 503 first."""
 
     def __init__(self, fail_next: int = 0):
         self.messages: list[dict] = []
+        self.last_received = 0.0
         self.fail_next = fail_next
         receiver = self
 
@@ -161,6 +165,7 @@ class WebhookReceiver:
                     self.send_response(503)
                 else:
                     receiver.messages.append(json.loads(body))
+                    receiver.last_received = time.time()
                     self.send_response(200)
                 self.end_headers()
 
@@ -217,19 +222,5 @@ def dagster_ui(devstack: DevStack, alert_inbox: WebhookReceiver) -> Iterator[Dag
     with DagsterServices(env=env) as services:
         # On by default, as in production; stopped here until a test starts it, so that a drill is not
         # launched every minute of the session.
-        stop_schedule(services, "restore_drill_schedule")
+        automation.stop(services, "schedule", "restore_drill_schedule")
         yield services
-
-
-def stop_schedule(services: DagsterServices, name: str) -> None:
-    selector = {"repositoryLocationName": "hotpot_orchestration", "repositoryName": "__repository__"}
-    found = services.graphql(
-        "query($s: ScheduleSelector!) { scheduleOrError(scheduleSelector: $s) { ... on Schedule { id } } }",
-        {"s": {**selector, "scheduleName": name}},
-    )
-    stopped = services.graphql(
-        "mutation($id: String!) { stopRunningSchedule(id: $id) { ... on ScheduleStateResult "
-        "{ scheduleState { status } } } }",
-        {"id": found["scheduleOrError"]["id"]},
-    )
-    assert stopped["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED", stopped

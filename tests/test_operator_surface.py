@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from support import automation
 from support.waiting import wait_until
 
 from hotpot_devstack.dagster_services import DagsterServices
 
 pytestmark = pytest.mark.slow
 
-LOCATION = "hotpot_orchestration"
-REPOSITORY = "__repository__"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 
 LAUNCH = """
@@ -57,7 +56,11 @@ query Mats($path: [String!]!) {
 
 def launch(dagster_ui: DagsterServices, job: str, tags: dict[str, str] | None = None) -> str:
     params = {
-        "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": job},
+        "selector": {
+            "repositoryLocationName": automation.LOCATION,
+            "repositoryName": automation.REPOSITORY,
+            "jobName": job,
+        },
         "runConfigData": {},
         "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
     }
@@ -91,6 +94,25 @@ def backup_partitions():
     return defs.get_assets_def("postgres_backup").partitions_def
 
 
+@pytest.fixture(scope="module", autouse=True)
+def refused_backup(dagster_ui: DagsterServices) -> tuple[str, str]:
+    """(run id, partition) of a backup run that fails for certain: the partitions' first day is long past,
+    and a backup of it is refused. Launched before the module's tests run, so that run_failure_alert_sensor
+    (a tick every 30 s) alerts it while they do."""
+    partition = backup_partitions().get_first_partition_key()
+    return launch(dagster_ui, "nightly_backup_job", {"dagster/partition": partition}), partition
+
+
+@pytest.fixture(scope="module", autouse=True)
+def drill_schedule(dagster_ui: DagsterServices) -> Iterator[dict]:
+    """restore_drill_schedule running while the module's tests run, and its selector: it ticks every minute
+    here, so its tick comes while the tests before it run. Stopped afterwards, so that it does not launch a
+    drill every minute of the rest of the session."""
+    automation.start(dagster_ui, "schedule", "restore_drill_schedule")
+    yield automation.selector("schedule", "restore_drill_schedule")
+    automation.stop(dagster_ui, "schedule", "restore_drill_schedule")
+
+
 def test_nightly_backup_launched_from_the_api_succeeds_with_history_and_metadata(dagster_ui):
     partition = backup_partitions().get_last_partition_key()
     run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": partition})
@@ -108,18 +130,6 @@ def test_nightly_backup_launched_from_the_api_succeeds_with_history_and_metadata
     assert "s3://thehotpotspot-backups/" in text
 
 
-START_SENSOR = """
-mutation Start($selector: SensorSelector!) {
-  startSensor(sensorSelector: $selector) {
-    __typename ... on Sensor { sensorState { status } } ... on PythonError { message }
-  }
-}"""
-START_SCHEDULE = """
-mutation Start($selector: ScheduleSelector!) {
-  startSchedule(scheduleSelector: $selector) {
-    __typename ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message }
-  }
-}"""
 SCHEDULE_TICKS = """
 query Ticks($selector: ScheduleSelector!) {
   scheduleOrError(scheduleSelector: $selector) {
@@ -132,18 +142,15 @@ query Runs($job: String!) {
 }"""
 
 
-def selector(kind: str, name: str) -> dict:
-    return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, f"{kind}Name": name}
+@pytest.fixture
+def tag_sensor(dagster_ui: DagsterServices) -> Iterator[None]:
+    """new_image_tag_sensor running (off by default locally), stopped again after the test."""
+    automation.start(dagster_ui, "sensor", "new_image_tag_sensor")
+    yield
+    automation.stop(dagster_ui, "sensor", "new_image_tag_sensor")
 
 
-def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack):
-    schedule = selector("schedule", "restore_drill_schedule")
-    result = dagster_ui.graphql(START_SCHEDULE, {"selector": schedule})["startSchedule"]
-    assert result["__typename"] == "ScheduleStateResult", result
-    sensor = selector("sensor", "new_image_tag_sensor")
-    result = dagster_ui.graphql(START_SENSOR, {"selector": sensor})["startSensor"]
-    assert result["__typename"] == "Sensor", result
-
+def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack, drill_schedule, tag_sensor):
     # A new build lands in the registry under a commit tag.
     tag = uuid.uuid4().hex[:12]
     digest = devstack.registry.push_test_image("thehotpotspot/api", tag, payload=tag.encode())
@@ -160,7 +167,8 @@ def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack):
 
     # HOTPOT_RESTORE_DRILL_CRON is every minute in this stack: the daemon ticks the schedule and launches.
     def schedule_tick_with_run():
-        state = dagster_ui.graphql(SCHEDULE_TICKS, {"selector": schedule})["scheduleOrError"]["scheduleState"]
+        ticks = dagster_ui.graphql(SCHEDULE_TICKS, {"selector": drill_schedule})["scheduleOrError"]
+        state = ticks["scheduleState"]
         return [tick for tick in state["ticks"] if tick["status"] == "SUCCESS" and tick["runIds"]]
 
     ticks = wait_for("no schedule tick launched a run", schedule_tick_with_run, dagster_ui, timeout=150)
@@ -179,10 +187,8 @@ query Ticks($selector: SensorSelector!) {
 TICK_DONE = {"SUCCESS", "SKIPPED", "FAILURE"}
 
 
-def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox):
-    # A backup of a partition whose day is long past is refused: a run that fails for certain.
-    partition = backup_partitions().get_first_partition_key()
-    run_id = launch(dagster_ui, "nightly_backup_job", {"dagster/partition": partition})
+def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox, refused_backup):
+    run_id, partition = refused_backup
     assert wait_for_run(dagster_ui, run_id) == "FAILURE"
 
     def alerted_run_ids() -> list[str]:
@@ -200,10 +206,10 @@ def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox
         dagster_ui,
     )
     # One more tick of the sensor, begun after every alert arrived and finished: nothing may be sent twice.
-    all_alerted = time.time()
+    all_alerted = alert_inbox.last_received
 
     def tick_after_the_alerts() -> bool:
-        sensor = selector("sensor", "run_failure_alert_sensor")
+        sensor = automation.selector("sensor", "run_failure_alert_sensor")
         state = dagster_ui.graphql(SENSOR_TICKS, {"selector": sensor})["sensorOrError"]["sensorState"]
         return any(tick["timestamp"] > all_alerted and tick["status"] in TICK_DONE for tick in state["ticks"])
 
