@@ -46,6 +46,18 @@ from hotpot_devstack.dagster_services import DagsterServices
 from hotpot_devstack.s3 import SeaweedFSServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the devstack run last, those on its Dagster instance (dagster_ui) after the others: the
+    stack's traffic and scrapes, and the daemon's sensors, schedules and runs, then load the machine only
+    while tests use them, not beside every module collected after the first that started them."""
+
+    def stage(item: pytest.Item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        return 2 if "dagster_ui" in fixtures else 1 if "devstack" in fixtures else 0
+
+    items.sort(key=stage)  # stable: the order within each stage is kept
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     with Postgres() as server:
