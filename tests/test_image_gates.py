@@ -91,7 +91,8 @@ def test_a_hung_gate_is_killed_with_its_children(tmp_path):
     started = time.monotonic()
     with pytest.raises(GateFailed) as failed:
         run_gates([Gate("hang", "sleep 30 & sleep 30; wait", timeout_seconds=0.5)], tmp_path)
-    assert time.monotonic() - started < 10
+    took = time.monotonic() - started
+    assert took < 10, f"the hung gate held the build for {took:.1f} s (its children kept it waiting?)"
     assert failed.value.result.status == "timed out"
     assert "killed after 0.5 s" in failed.value.result.output_tail
 
