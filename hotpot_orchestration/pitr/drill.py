@@ -21,8 +21,8 @@ from typing import Any
 
 from hotpot_orchestration.backups.catalog import Backup, list_backups
 from hotpot_orchestration.pitr.barman import BarmanCloud
-from hotpot_orchestration.pitr.recover import RecoveryError, base_backup_before, complete_wal, restore_base
-from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError, ScratchServer
+from hotpot_orchestration.pitr.recover import Recovered, RecoveryError, RecoveryTarget, recovered
+from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.restores.verify import check_tables
 
@@ -83,6 +83,23 @@ def source_last_commit(source: PgTarget) -> tuple[datetime | None, str | None]:
     return (row[0] if row else None), None
 
 
+def _promote_at_archive_end(recovery: Recovered, user: str):
+    """Replay on from the restore point to the archive's end and promote; the newest commit recovered."""
+    scratch = recovery.scratch
+    try:
+        with recovery.database("postgres", user).connect() as conn:
+            conn.execute("CHECKPOINT")  # a restartpoint here: the restart replays from here, not the base
+        scratch.configure(target_name=None, pause_at_target=False)
+        scratch.restart()
+        scratch.wait(user, promoted=True)
+        with recovery.database("postgres", user).connect() as conn:
+            return conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
+    except ScratchError as error:
+        raise RecoveryError(
+            f"recovering base backup {recovery.base_backup_id} to the archive's end failed: {error}"
+        ) from None
+
+
 def run_drill(
     *,
     barman: BarmanCloud,
@@ -97,55 +114,41 @@ def run_drill(
 ) -> DrillResult:
     logical = newest_logical_with_restore_point(client, backup_bucket, backup_prefix, source.dbname)
     point = logical.manifest["restore_point"]
-    base = base_backup_before(barman, point["lsn"], env)
-    result = DrillResult(
-        backup_id=base["backup_id"], manifest_key=logical.manifest_key, restore_point=point["name"]
-    )
-    archived = complete_wal(client, barman, base)
+    result = DrillResult(backup_id="", manifest_key=logical.manifest_key, restore_point=point["name"])
     result.source_last_commit, note = source_last_commit(source)
     if note:
         result.notes.append(note)
     log(
-        f"point-in-time drill: base backup {base['backup_id']} ({base.get('begin_wal')}), then WAL to the "
-        f"restore point {point['name']} at {point['lsn']} of {logical.manifest_key}, then to the "
-        "archive's end"
+        f"point-in-time drill: the restore point {point['name']} at {point['lsn']} of "
+        f"{logical.manifest_key}, then the archive's end"
     )
     started = time.monotonic()
-    with ScratchServer(bin_dir, barman, root=root, env=env, log=log) as scratch:
-        prefetched = restore_base(scratch, client, base, archived)
-        result.restore_seconds = time.monotonic() - started
-        log(
-            f"base backup and {prefetched} WAL segments restored in {result.restore_seconds:.1f} s; "
-            f"replaying WAL to {point['name']}"
+    with recovered(
+        RecoveryTarget(restore_point=point["name"]),
+        barman=barman,
+        client=client,
+        backup_bucket=backup_bucket,
+        backup_prefix=backup_prefix,
+        source=source,
+        bin_dir=bin_dir,
+        env=env,
+        log=log,
+        root=root,
+    ) as recovery:
+        result.backup_id, result.restore_seconds = recovery.base_backup_id, recovery.restore_seconds
+        result.to_restore_point_seconds = time.monotonic() - started
+        check = check_tables(
+            recovery.database(source.dbname, source.user), logical.manifest["tables"], jobs=COUNT_JOBS
         )
-        try:
-            scratch.configure(target_name=point["name"], pause_at_target=True)
-            scratch.start()
-            scratch.wait(source.user, promoted=False)
-            result.to_restore_point_seconds = time.monotonic() - started
-            check = check_tables(
-                scratch.target(source.dbname, source.user), logical.manifest["tables"], jobs=COUNT_JOBS
+        result.tables, result.rows = check.tables, check.rows
+        if check.differences:
+            raise RecoveryError(
+                f"at restore point {point['name']} the recovered {source.dbname} differs from "
+                f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
             )
-            result.tables, result.rows = check.tables, check.rows
-            if check.differences:
-                raise RecoveryError(
-                    f"at restore point {point['name']} the recovered {source.dbname} differs from "
-                    f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
-                )
-            log(
-                f"restore point {point['name']}: {check.tables} tables, {check.rows:,} rows as in the "
-                "manifest"
-            )
-            with scratch.target("postgres", source.user).connect() as conn:
-                conn.execute("CHECKPOINT")  # a restartpoint here: the restart replays from here, not the base
-            scratch.configure(target_name=None, pause_at_target=False)
-            scratch.restart()
-            scratch.wait(source.user, promoted=True)
-            result.total_seconds = time.monotonic() - started
-            with scratch.target("postgres", source.user).connect() as conn:
-                row = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
-        except ScratchError as error:
-            raise RecoveryError(f"recovering base backup {base['backup_id']} failed: {error}") from None
+        log(f"restore point {point['name']}: {check.tables} tables, {check.rows:,} rows as in the manifest")
+        row = _promote_at_archive_end(recovery, source.user)
+        result.total_seconds = time.monotonic() - started
     result.recovered_last_commit = row[0] if row else None
     if result.source_last_commit and result.recovered_last_commit:
         lag = (result.source_last_commit - result.recovered_last_commit).total_seconds()

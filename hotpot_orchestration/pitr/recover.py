@@ -8,6 +8,7 @@ anything is downloaded), then a server that replays WAL and pauses at the target
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class Recovered:
     scratch: ScratchServer
     base_backup_id: str
     target: RecoveryTarget
+    restore_seconds: float  # the base backup and its WAL downloaded and unpacked
 
     def database(self, dbname: str, user: str) -> PgTarget:
         return self.scratch.target(dbname, user)
@@ -180,9 +182,14 @@ def recovered(
         base = base_backup_before(barman, lsn, env)
     archived = complete_wal(client, barman, base)
     log(f"recovering base backup {base['backup_id']} ({base['begin_wal']}), then WAL to {target.describe()}")
+    started = time.monotonic()
     with ScratchServer(bin_dir, barman, root=root, env=env, log=log) as scratch:
         segments = restore_base(scratch, client, base, archived)
-        log(f"base backup and {segments} WAL segments restored; replaying WAL to {target.describe()}")
+        restored = time.monotonic() - started
+        log(
+            f"base backup and {segments} WAL segments restored in {restored:.1f} s; replaying WAL to "
+            f"{target.describe()}"
+        )
         try:
             scratch.configure(target_name=target.restore_point, target_time=target.time, pause_at_target=True)
             scratch.start()
@@ -192,4 +199,4 @@ def recovered(
                 f"recovering base backup {base['backup_id']} to {target.describe()} failed: {error}"
             ) from None
         log(f"paused at {target.describe()}")
-        yield Recovered(scratch, base["backup_id"], target)
+        yield Recovered(scratch, base["backup_id"], target, restored)
