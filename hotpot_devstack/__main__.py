@@ -21,10 +21,11 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .dagster_services import CHECKOUT, DagsterServices
+from .dagster_services import CHECKOUT, DagsterServices, prepare_home
 from .sample import SAMPLE_SIZES
 from .stack import TRAFFIC_RATE, TRAFFIC_SECONDS, DevStack
 
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # The Dagster instance's home is prepared meanwhile: the services mostly wait (Prometheus for its first
+    # scrape), and its schema takes a Python process of its own.
+    home_ready = _in_background(prepare_home, args.dagster_home) if args.command == "ui" else None
     try:
         with DevStack(
             traffic_rate=args.traffic_rate,
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command == "run":
                     return _run_command(command, stack.env())
                 if args.command == "ui":
-                    _serve_ui(stack, args)
+                    _serve_ui(stack, args, home_ready)
                 else:
                     print("Ctrl-C stops the stack.", file=sys.stderr, flush=True)
                     wait_for_stop()
@@ -227,10 +231,19 @@ def _stopping() -> None:
         _stop_began.append(time.monotonic())
 
 
-def _serve_ui(stack: DevStack, args: argparse.Namespace) -> None:
+def _in_background(function: Callable[..., object], *args: object) -> Future:
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)  # the call still runs to its end
+    return future
+
+
+def _serve_ui(stack: DevStack, args: argparse.Namespace, home_ready: Future) -> None:
     print("starting dagster-webserver and dagster-daemon ...", file=sys.stderr, flush=True)
     logs = args.env_file.parent / "logs"
-    with DagsterServices(stack.env(), home=args.dagster_home, port=args.port, logs=logs) as ui:
+    home_ready.result()
+    ui = DagsterServices(stack.env(), home=args.dagster_home, port=args.port, logs=logs, home_prepared=True)
+    with ui:
         stop_echo = threading.Event()
         echo = threading.Thread(
             target=_echo_warnings,

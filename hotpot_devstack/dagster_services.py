@@ -20,6 +20,27 @@ from pathlib import Path
 from ._process import Service, ServiceError, free_port, port_is_open
 
 CHECKOUT = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+
+
+def prepare_home(home: Path, checkout: Path = CHECKOUT) -> None:
+    """A lasting DAGSTER_HOME: the checkout's dagster.yaml linked in, the instance's SQLite schema created.
+    `make dev` has it done while the stack's services start, as it takes a Python process of its own."""
+    home.mkdir(parents=True, exist_ok=True)
+    link = home / "dagster.yaml"
+    link.unlink(missing_ok=True)
+    link.symlink_to(checkout / "dagster.yaml")
+    _create_schema(home)
+
+
+def _create_schema(home: Path) -> None:
+    # Once up front: the webserver and the daemon would otherwise race to create it.
+    subprocess.run(
+        [str(BIN_DIR / "dagster"), "instance", "migrate"],
+        env={**os.environ, "DAGSTER_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
 
 
 class DagsterServices(Service):
@@ -36,13 +57,16 @@ class DagsterServices(Service):
         home: Path | None = None,
         port: int | None = None,
         logs: Path | None = None,
+        home_prepared: bool = False,
     ) -> None:
         """`home`, `port`, `logs`: a lasting DAGSTER_HOME (its dagster.yaml a link to the checkout's), a fixed
-        port and a lasting log directory; unset, a private temp home, a free port, logs in the temp dir."""
+        port and a lasting log directory; unset, a private temp home, a free port, logs in the temp dir.
+        `home_prepared`: prepare_home(home) has already run."""
         super().__init__()
         self.extra_env = dict(env or {})
         self.checkout = checkout
         self._home = home
+        self._home_prepared = home_prepared
         self._fixed_port = port
         self._logs = logs
         self.port = 0
@@ -63,30 +87,23 @@ class DagsterServices(Service):
         if self._home is None:
             self.home.mkdir()
             shutil.copy(self.checkout / "dagster.yaml", self.home / "dagster.yaml")
-        else:
-            self.home.mkdir(parents=True, exist_ok=True)
-            link = self.home / "dagster.yaml"
-            link.unlink(missing_ok=True)
-            link.symlink_to(self.checkout / "dagster.yaml")
+            _create_schema(self.home)
+        elif not self._home_prepared:
+            prepare_home(self.home, self.checkout)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self._fixed_port and port_is_open(self._fixed_port):
             raise ServiceError(f"port {self._fixed_port} is taken: is another `make dev` running?")
         self.port = self._fixed_port or free_port()
         env = {**os.environ, **self.extra_env, "DAGSTER_HOME": str(self.home)}
-        bin_dir = Path(sys.executable).parent
         workspace = str(self.checkout / "workspace.yaml")
-        # Create the SQLite schema once up front: the webserver and the daemon would otherwise race to.
-        subprocess.run(
-            [str(bin_dir / "dagster"), "instance", "migrate"], env=env, check=True, capture_output=True
-        )
         self._spawn(
-            [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", workspace],
+            [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", workspace],
             log_name="webserver.log",
             env=env,
             cwd=self.checkout,
         )
         self._spawn(
-            [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
+            [str(BIN_DIR / "dagster-daemon"), "run", "-w", workspace],
             log_name="daemon.log",
             env=env,
             cwd=self.checkout,
