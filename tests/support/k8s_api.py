@@ -51,7 +51,6 @@ import yaml
 from .cnpg import validate_cnpg
 
 K8S_VERSION = kubernetes_validate.utils.major_minor(kubernetes_validate.latest_version())
-RBAC_KINDS = ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
 
 # resource -> (kind, API group, version, namespaced) for what the code under test touches.
 RESOURCES = {
@@ -139,10 +138,6 @@ def validate(obj: dict) -> None:
 
 
 # --------------------------------------------------------------------------- RBAC
-
-
-def load_manifests(paths: Iterable[Path]) -> list[dict]:
-    return [doc for path in paths for doc in yaml.safe_load_all(Path(path).read_text()) if doc]
 
 
 @dataclass(frozen=True)
