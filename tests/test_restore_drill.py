@@ -19,6 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from psycopg import sql
+from support.waiting import wait_until
 
 from hotpot_devstack import Postgres, seed_sample
 from hotpot_devstack.backups import take_verified_backup
@@ -285,21 +286,19 @@ def big_backup(postgres, s3, tmp_path_factory):
 def signal_drill_mid_restore(postgres, args: dict, signum: int) -> None:
     drill_process = subprocess.Popen([sys.executable, "-c", KILLABLE_DRILL, json.dumps(args)])
     try:
-        deadline = time.monotonic() + 60
-        while not _restoring_into(postgres):
+
+        def restoring() -> bool:
             assert drill_process.poll() is None, "the drill ended before pg_restore was seen running"
-            assert time.monotonic() < deadline, "pg_restore never started"
-            time.sleep(0.02)
+            return bool(_restoring_into(postgres))
+
+        wait_until(restoring, 60, "pg_restore never started", interval=0.02)
         drill_process.send_signal(signum)
         drill_process.wait(30)
     finally:
         if drill_process.poll() is None:
             drill_process.kill()
     # pg_restore ends with the drill instead of writing on into its scratch database.
-    deadline = time.monotonic() + 10
-    while _restoring_into(postgres):
-        assert time.monotonic() < deadline, "pg_restore outlived the drill that started it"
-        time.sleep(0.1)
+    wait_until(lambda: not _restoring_into(postgres), 10, "pg_restore outlived the drill that started it")
 
 
 @pytest.mark.slow
