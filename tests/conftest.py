@@ -160,12 +160,12 @@ def http_backend() -> Iterator[Callable[[str], str]]:
 
 
 class WebhookReceiver:
-    """A Slack-like webhook on 127.0.0.1 that records what it gets, and when it got the last message
-    (time.time()); `fail_next` answers 503 first."""
+    """A Slack-like webhook on 127.0.0.1 that records what it gets in `messages`, and when in `received_at`
+    (time.time(), one for each message); `fail_next` answers 503 first."""
 
     def __init__(self, fail_next: int = 0):
         self.messages: list[dict] = []
-        self.last_received = 0.0
+        self.received_at: list[float] = []
         self.fail_next = fail_next
         receiver = self
 
@@ -176,8 +176,8 @@ class WebhookReceiver:
                     receiver.fail_next -= 1
                     self.send_response(503)
                 else:
+                    receiver.received_at.append(time.time())
                     receiver.messages.append(json.loads(body))
-                    receiver.last_received = time.time()
                     self.send_response(200)
                 self.end_headers()
 

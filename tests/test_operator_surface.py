@@ -177,7 +177,7 @@ def test_daemon_runs_the_tag_sensor_and_a_schedule_tick(dagster_ui, devstack, dr
 
 RUN_LINK = re.compile(r"/runs/([0-9a-f-]{36})")
 FAILED_RUNS = """
-{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId jobName } } } }"""
+{ runsOrError(filter: {statuses: [FAILURE]}) { ... on Runs { results { runId endTime } } } }"""
 SENSOR_TICKS = """
 query Ticks($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
@@ -191,22 +191,31 @@ def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox
     run_id, partition = refused_backup
     assert wait_for_run(dagster_ui, run_id) == "FAILURE"
 
+    def alerts() -> list[tuple[str, float]]:
+        """(run id, arrival time) of every alert so far."""
+        received = zip(alert_inbox.messages, alert_inbox.received_at, strict=False)
+        return [(RUN_LINK.search(json.dumps(message)).group(1), at) for message, at in received]
+
     def alerted_run_ids() -> list[str]:
-        return [RUN_LINK.search(json.dumps(message)).group(1) for message in alert_inbox.messages]
+        return [run for run, _ in alerts()]
 
-    def failed_runs() -> set[str]:
-        return {run["runId"] for run in dagster_ui.graphql(FAILED_RUNS)["runsOrError"]["results"]}
+    def failed_runs() -> dict[str, float]:
+        """Run id -> end time of every failed run."""
+        runs = dagster_ui.graphql(FAILED_RUNS)["runsOrError"]["results"]
+        return {run["runId"]: run["endTime"] for run in runs}
 
-    # The runs failed so far (other jobs' runs may go on failing while the daemon runs their schedules).
-    failed = failed_runs()
-    assert run_id in failed
+    # The runs failed by the time ours did (other runs go on failing while the daemon runs schedules and
+    # sensors, the retry of ours among them).
+    ended = failed_runs()
+    assert run_id in ended
+    failed = {run for run, end in ended.items() if end <= ended[run_id]}
     wait_for(
         lambda: f"failed runs {sorted(failed - set(alerted_run_ids()))} never reached the webhook",
         lambda: failed <= set(alerted_run_ids()),
         dagster_ui,
     )
-    # One more tick of the sensor, begun after every alert arrived and finished: nothing may be sent twice.
-    all_alerted = alert_inbox.last_received
+    # One more tick of the sensor, begun after their alerts arrived and finished: nothing may be sent twice.
+    all_alerted = max(at for run, at in alerts() if run in failed)
 
     def tick_after_the_alerts() -> bool:
         sensor = automation.selector("sensor", "run_failure_alert_sensor")
@@ -216,7 +225,7 @@ def test_each_failed_run_alerts_the_webhook_exactly_once(dagster_ui, alert_inbox
     wait_for("run_failure_alert_sensor did not tick again", tick_after_the_alerts, dagster_ui, timeout=120)
     alerted = alerted_run_ids()
     assert len(alerted) == len(set(alerted)), f"a failed run was alerted more than once: {alerted}"
-    assert failed <= set(alerted) <= failed_runs(), "alerts only for failed runs, one for each"
+    assert failed <= set(alerted) <= set(failed_runs()), "alerts only for failed runs, one for each"
     [ours] = [m for m in alert_inbox.messages if run_id in json.dumps(m)]
     assert "nightly_backup_job" in ours["text"]
     assert f"Refusing to back up partition {partition}" in ours["text"], ours["text"]
