@@ -15,7 +15,7 @@ Function-scoped:
   nginx_factory    nginx_factory(upstreams, **Nginx options) -> a started Nginx, stopped after the test
   http_backend     http_backend(name) -> "127.0.0.1:PORT" of an HTTP server answering every GET with `name`
   webhook_receiver webhook_receiver(fail_next=0) -> a Slack-like webhook on loopback recording what it gets
-Session-scoped, for the operator's end-to-end tests:
+Session-scoped, for the operator's end-to-end tests (which run last, see pytest_collection_modifyitems):
   devstack    DevStack: every service, seeded, as `make dev` starts them; .env()
   dagster_ui  DagsterServices: dagster-webserver + dagster-daemon with the devstack's environment; .graphql()
   alert_inbox the WebhookReceiver that dagster_ui's run_failure_alert_sensor posts to
