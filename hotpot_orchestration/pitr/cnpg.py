@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.pitr.physical import BaseBackup, stored_bytes
-from hotpot_orchestration.pitr.recover import RecoveryError, base_backup_before, complete_wal
+from hotpot_orchestration.pitr.recover import base_backup_before, complete_wal
 from hotpot_orchestration.platform.pg import PgTarget
 
 if TYPE_CHECKING:
@@ -371,8 +371,11 @@ def run_drill(
     the logical manifest. The recovered database is reached with `source`'s role and password, which the
     physical copy holds. The RPO is not measured: the recovery Cluster ends at the restore point."""
     # On use: the row counts bring psycopg, which the code location's load must not import.
-    from hotpot_orchestration.pitr.drill import COUNT_JOBS, DrillResult, newest_logical_with_restore_point
-    from hotpot_orchestration.restores.verify import check_tables
+    from hotpot_orchestration.pitr.drill import (
+        DrillResult,
+        check_restore_point,
+        newest_logical_with_restore_point,
+    )
 
     logical = newest_logical_with_restore_point(client, backup_bucket, backup_prefix, source.dbname)
     point = logical.manifest["restore_point"]
@@ -402,15 +405,6 @@ def run_drill(
         log=log,
     ) as (host, port):
         result.to_restore_point_seconds = time.monotonic() - started
-        check = check_tables(
-            replace(source, host=host, port=port), logical.manifest["tables"], jobs=COUNT_JOBS
-        )
+        check_restore_point(replace(source, host=host, port=port), logical, result, log)
     result.total_seconds = time.monotonic() - started
-    result.tables, result.rows = check.tables, check.rows
-    if check.differences:
-        raise RecoveryError(
-            f"at restore point {point['name']} the recovered {source.dbname} differs from "
-            f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
-        )
-    log(f"restore point {point['name']}: {check.tables} tables, {check.rows:,} rows as in the manifest")
     return result

@@ -83,6 +83,22 @@ def source_last_commit(source: PgTarget) -> tuple[datetime | None, str | None]:
     return (row[0] if row else None), None
 
 
+def check_restore_point(
+    database: PgTarget, logical: Backup, result: DrillResult, log: Callable[[str], None]
+) -> None:
+    """Every table of the logical manifest with its exact row count in the database recovered to the
+    manifest's restore point (counted into `result`), or RecoveryError listing the differences."""
+    point = logical.manifest["restore_point"]["name"]
+    check = check_tables(database, logical.manifest["tables"], jobs=COUNT_JOBS)
+    result.tables, result.rows = check.tables, check.rows
+    if check.differences:
+        raise RecoveryError(
+            f"at restore point {point} the recovered {database.dbname} differs from "
+            f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
+        )
+    log(f"restore point {point}: {check.tables} tables, {check.rows:,} rows as in the manifest")
+
+
 def _promote_at_archive_end(recovery: Recovered, user: str):
     """Replay on from the restore point to the archive's end and promote; the newest commit recovered."""
     scratch = recovery.scratch
@@ -137,16 +153,7 @@ def run_drill(
     ) as recovery:
         result.backup_id, result.restore_seconds = recovery.base_backup_id, recovery.restore_seconds
         result.to_restore_point_seconds = time.monotonic() - started
-        check = check_tables(
-            recovery.database(source.dbname, source.user), logical.manifest["tables"], jobs=COUNT_JOBS
-        )
-        result.tables, result.rows = check.tables, check.rows
-        if check.differences:
-            raise RecoveryError(
-                f"at restore point {point['name']} the recovered {source.dbname} differs from "
-                f"{logical.manifest_key}:\n  " + "\n  ".join(check.differences)
-            )
-        log(f"restore point {point['name']}: {check.tables} tables, {check.rows:,} rows as in the manifest")
+        check_restore_point(recovery.database(source.dbname, source.user), logical, result, log)
         row = _promote_at_archive_end(recovery, source.user)
         result.total_seconds = time.monotonic() - started
     result.recovered_last_commit = row[0] if row else None
