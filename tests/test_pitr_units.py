@@ -6,9 +6,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hotpot_orchestration.pitr.archive import ArchivedWal, ArchiverStatus, first_gap, judge, next_segment
+from hotpot_orchestration.pitr.archive import (
+    ArchivedWal,
+    ArchiverStatus,
+    archived_wal,
+    first_gap,
+    judge,
+    next_segment,
+)
 from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.pitr.physical import BaseBackup
+from hotpot_orchestration.pitr.recover import needed_wal
 from hotpot_orchestration.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -102,3 +110,40 @@ def test_base_backup_metadata_shows_sizes_and_duration_beside_the_raw_numbers():
     unsized = BaseBackup("id", "name", {}, stored_bytes=0, seconds=3.44).metadata
     assert (unsized["cluster_bytes"], unsized["cluster_size"], unsized["stored_size"]) == (None, None, "0 B")
     assert unsized["duration"] == "3.4 s"
+
+
+class ListingClient:
+    """S3's list_objects_v2 paginator over fixed keys (the listing is all archived_wal reads)."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+
+    def get_paginator(self, name: str):
+        assert name == "list_objects_v2"
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):  # noqa: N803 (boto3's argument names)
+        yield {"Contents": [{"Key": key, "LastModified": NOW} for key in self.keys if key.startswith(Prefix)]}
+
+
+def test_the_archive_listing_holds_segments_and_timeline_history_files():
+    barman = BarmanCloud(bucket="b", prefix="pitr/", server_name="db")
+    wals = f"{barman.server_prefix}wals/"
+    archived = archived_wal(
+        ListingClient(
+            [
+                f"{wals}0000000100000000/000000010000000000000002.gz",
+                f"{wals}0000000100000000/000000010000000000000002.00000028.backup.gz",
+                f"{wals}00000002.history.gz",
+                f"{wals}0000000200000000/000000020000000000000003.gz",
+            ]
+        ),
+        barman,
+    )
+    assert set(archived.segments) == {"000000010000000000000002", "000000020000000000000003"}
+    assert archived.history == {"00000002.history": f"{wals}00000002.history.gz"}
+    # What a recovery from the first segment may ask for: its timeline from there on, and every history.
+    assert needed_wal(archived, "000000010000000000000002") == {
+        "000000010000000000000002": f"{wals}0000000100000000/000000010000000000000002.gz",
+        "00000002.history": f"{wals}00000002.history.gz",
+    }

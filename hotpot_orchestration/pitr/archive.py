@@ -16,6 +16,8 @@ from hotpot_orchestration.platform.pg import PgTarget
 
 # wals/<timeline+log>/<segment>[.gz|...]: barman-cloud's layout of archived segments.
 _SEGMENT = re.compile(r"wals/[0-9A-F]{16}/(?P<segment>[0-9A-F]{24})(?:\.[a-z0-9]+)?$")
+# Timeline history files (a promotion's), which barman-cloud stores beside the segment directories.
+_HISTORY = re.compile(r"wals/(?:[0-9A-F]{16}/)?(?P<history>[0-9A-F]{8}\.history)(?:\.[a-z0-9]+)?$")
 # How often the wal_archive check is evaluated (wal_archive_check_schedule: every five minutes).
 CHECK_INTERVAL_SECONDS = 300
 
@@ -65,6 +67,7 @@ def archiver_status(target: PgTarget) -> ArchiverStatus:
 class ArchivedWal:
     segments: dict[str, datetime]  # segment name -> when the object was stored
     keys: dict[str, str] = field(default_factory=dict)  # segment name -> object key
+    history: dict[str, str] = field(default_factory=dict)  # timeline history file name -> object key
 
     @property
     def newest(self) -> tuple[str, datetime] | None:
@@ -75,16 +78,18 @@ class ArchivedWal:
 
 
 def archived_wal(client, barman: BarmanCloud) -> ArchivedWal:
-    """Every WAL segment of the server in the object store (history and backup-label files left out)."""
-    segments, keys = {}, {}
+    """Every WAL segment and timeline history file of the server in the object store (backup-label files
+    left out)."""
+    segments, keys, history = {}, {}, {}
     prefix = barman.server_prefix + "wals/"
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=barman.bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            match = _SEGMENT.search(item["Key"])
-            if match:
+            if match := _SEGMENT.search(item["Key"]):
                 segments[match["segment"]] = item["LastModified"]
                 keys[match["segment"]] = item["Key"]
-    return ArchivedWal(segments, keys)
+            elif match := _HISTORY.search(item["Key"]):
+                history[match["history"]] = item["Key"]
+    return ArchivedWal(segments, keys, history)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hotpot_orchestration.backups.catalog import Backup, list_backups
+from hotpot_orchestration.pitr.archive import archived_wal
 from hotpot_orchestration.pitr.barman import BarmanCloud
-from hotpot_orchestration.pitr.recover import Recovered, RecoveryError, RecoveryTarget, recovered
+from hotpot_orchestration.pitr.recover import (
+    Recovered,
+    RecoveryError,
+    RecoveryTarget,
+    needed_wal,
+    recovered,
+)
 from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.restores.verify import check_tables
@@ -99,13 +106,19 @@ def check_restore_point(
     log(f"restore point {point}: {check.tables} tables, {check.rows:,} rows as in the manifest")
 
 
-def _promote_at_archive_end(recovery: Recovered, user: str):
-    """Replay on from the restore point to the archive's end and promote; the newest commit recovered."""
+def _promote_at_archive_end(recovery: Recovered, user: str, client, barman: BarmanCloud):
+    """Replay on from the restore point to the archive's end and promote; the newest commit recovered.
+    The archive as listed now is prefetched whole, so the end is found without asking the store again."""
     scratch = recovery.scratch
     try:
         with recovery.database("postgres", user).connect() as conn:
             conn.execute("CHECKPOINT")  # a restartpoint here: the restart replays from here, not the base
-        scratch.configure(target_name=None, pause_at_target=False)
+        needed = needed_wal(archived_wal(client, barman), recovery.begin_wal)
+        missing = {name: key for name, key in needed.items() if not scratch.prefetched(name)}
+        scratch.prefetch_wal(client, missing)
+        # Only gzip (and uncompressed) objects are prefetched; with any other, barman-cloud stays the way in.
+        whole = all(scratch.prefetched(name) for name in needed)
+        scratch.configure(target_name=None, pause_at_target=False, archive_prefetched=whole)
         scratch.restart()
         scratch.wait(user, promoted=True)
         with recovery.database("postgres", user).connect() as conn:
@@ -154,7 +167,7 @@ def run_drill(
         result.backup_id, result.restore_seconds = recovery.base_backup_id, recovery.restore_seconds
         result.to_restore_point_seconds = time.monotonic() - started
         check_restore_point(recovery.database(source.dbname, source.user), logical, result, log)
-        row = _promote_at_archive_end(recovery, source.user)
+        row = _promote_at_archive_end(recovery, source.user, client, barman)
         result.total_seconds = time.monotonic() - started
     result.recovered_last_commit = row[0] if row else None
     if result.source_last_commit and result.recovered_last_commit:

@@ -128,11 +128,18 @@ def complete_wal(client, barman: BarmanCloud, base: dict[str, Any]) -> ArchivedW
     return archived
 
 
+def needed_wal(archived: ArchivedWal, begin_wal: str) -> dict[str, str]:
+    """What recovery from a base backup starting at `begin_wal` may ask for: its timeline's segments from
+    there on, and every timeline history file."""
+    timeline = begin_wal[:8]
+    segments = {s: key for s, key in archived.keys.items() if s[:8] == timeline and s >= begin_wal}
+    return {**segments, **archived.history}
+
+
 def restore_base(scratch: ScratchServer, client, base: dict[str, Any], archived: ArchivedWal) -> int:
     """The base backup into the scratch directory, the WAL it needs downloaded beside it; the number of
-    segments downloaded."""
-    timeline, begin = base["begin_wal"][:8], base["begin_wal"]
-    needed = {s: key for s, key in archived.keys.items() if s[:8] == timeline and s >= begin}
+    files downloaded."""
+    needed = needed_wal(archived, base["begin_wal"])
     try:
         # The WAL downloads beside the base backup's: each waits on S3 more than on a core.
         with ThreadPoolExecutor(1) as side:
@@ -149,6 +156,7 @@ class Recovered:
 
     scratch: ScratchServer
     base_backup_id: str
+    begin_wal: str
     target: RecoveryTarget
     restore_seconds: float  # the base backup and its WAL downloaded and unpacked
 
@@ -199,4 +207,4 @@ def recovered(
                 f"recovering base backup {base['backup_id']} to {target.describe()} failed: {error}"
             ) from None
         log(f"paused at {target.describe()}")
-        yield Recovered(scratch, base["backup_id"], target, restored)
+        yield Recovered(scratch, base["backup_id"], base["begin_wal"], target, restored)

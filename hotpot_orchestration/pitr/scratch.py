@@ -205,6 +205,9 @@ class ScratchServer:
                 os.lchown(path, account.pw_uid, account.pw_gid)
         os.chmod(self.data, 0o700)
 
+    def prefetched(self, name: str) -> bool:
+        return (self.data.parent / "wal" / name).is_file()
+
     def prefetch_wal(self, client, keys: dict[str, str], *, threads: int = 4) -> int:
         """Download the segments recovery will ask for (segment -> object key), several at a time, so that
         restore_command copies them instead of starting barman-cloud-wal-restore (a Python process and an
@@ -235,9 +238,13 @@ class ScratchServer:
         target_name: str | None = None,
         target_time: datetime | None = None,
         pause_at_target: bool,
+        archive_prefetched: bool = False,
     ) -> None:
         """Recovery settings: WAL from the archive, to the named restore point, to the last commit at or
-        before `target_time`, or to the archive's end."""
+        before `target_time`, or to the archive's end. `archive_prefetched`: every segment and history
+        file the archive holds has been prefetched, so a file that is not there is not in the archive
+        either and recovery ends at once (instead of a barman-cloud-wal-restore process, a Python start and
+        an S3 request, for each file PostgreSQL probes at the end: the next segment, newer timelines)."""
         bin_dir = barman_bin_dir(self.os_user)
         restore_command = BarmanCloud(
             bucket=self.barman.bucket,
@@ -247,7 +254,9 @@ class ScratchServer:
             bin_dir=bin_dir,
         ).restore_command()
         prefetched = self.data.parent / "wal"
-        if prefetched.is_dir():  # a prefetched segment is copied; anything else comes from the archive
+        if archive_prefetched:
+            restore_command = f"cp '{prefetched}/%f' '%p'"
+        elif prefetched.is_dir():  # a prefetched segment is copied; anything else comes from the archive
             restore_command = f"cp '{prefetched}/%f' '%p' 2>/dev/null || {restore_command}"
         targets = {
             "recovery_target_name": target_name or "",
