@@ -112,7 +112,7 @@ def test_a_corrupted_base_backup_file_fails_the_drill(source, root):
         for item in client.list_objects_v2(Bucket=barman.bucket, Prefix=barman.server_prefix + "base/")[
             "Contents"
         ]
-        if item["Key"].endswith("data.tar.gz")
+        if item["Key"].endswith("data.tar.snappy")
     )
     body = bytearray(client.get_object(Bucket=barman.bucket, Key=data_key)["Body"].read())
     for offset in range(len(body) // 3, len(body) // 3 + 64):

@@ -17,6 +17,7 @@ from hotpot_orchestration.pitr.archive import (
 from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.pitr.physical import BaseBackup
 from hotpot_orchestration.pitr.recover import needed_wal
+from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -44,6 +45,9 @@ def test_command_lines_use_barman_clouds_layout_compressed_and_encrypted():
     assert archive.endswith("--gzip --encryption AES256 s3://b/pitr hotpot-db %p")
     assert "--endpoint-url http://127.0.0.1:9" in archive
     assert barman.restore_command().endswith("s3://b/pitr hotpot-db %f %p")
+    backup = barman.backup_argv(PgTarget.from_url("postgresql://postgres@127.0.0.1:5432/app"), name="n")
+    assert {"--snappy", "--encryption", "AES256", "--immediate-checkpoint"} <= set(backup)
+    assert backup[backup.index("--max-archive-size") + 1] == "128MB"  # parts a restore unpacks side by side
     kms = BarmanCloud(bucket="b", prefix="pitr/", server_name="s", kms_key_id="alias/k").archive_command()
     assert "--encryption aws:kms --sse-kms-key-id alias/k" in kms
     delete = BarmanCloud(bucket="b", prefix="", server_name="s").delete_argv(30)

@@ -1,9 +1,10 @@
 """barman-cloud command lines: the object layout CloudNativePG reads and writes.
 
-`s3://BUCKET/PREFIX/SERVER/base/<backup id>/...` holds base backups and `.../SERVER/wals/<timeline+log>/...`
-the WAL, both compressed (gzip) and encrypted by S3 (AES256, or SSE-KMS with a key). The programs come from
-barman's PyPI package (`barman[cloud]`); AWS credentials and the region reach them through boto3's own
-chain (the environment), never a command line. Every failure names the program and ends with its output.
+`s3://BUCKET/PREFIX/SERVER/base/<backup id>/...` holds base backups (snappy-compressed tar parts) and
+`.../SERVER/wals/<timeline+log>/...` the WAL (gzip), both encrypted by S3 (AES256, or SSE-KMS with a key).
+The programs come from barman's PyPI package (`barman[cloud,snappy]`); AWS credentials and the region
+reach them through boto3's own chain (the environment), never a command line. Every failure names the
+program and ends with its output.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from pathlib import Path
 from hotpot_orchestration.platform import proc
 from hotpot_orchestration.platform.pg import PgTarget
 
+# Base backups: snappy, the fastest data compression CloudNativePG 1.25 offers. barman compresses gzip at
+# zlib's level 9, about 4 MB/s a core: a 1 GB cluster took 207 s to back up, where snappy took 25 s (and
+# stores 1.7x the bytes). Parts of at most BASE_BACKUP_PART_SIZE let a restore unpack several at once.
+BASE_BACKUP_COMPRESSION = "snappy"
+BASE_BACKUP_PART_SIZE = "128MB"
 # What barman-cloud prints on failure is short; more than this is noise in a step's error.
 _OUTPUT_TAIL = 2000
 
@@ -81,7 +87,9 @@ class BarmanCloud:
         """A base backup of the server `target` reaches (its data directory must be readable here)."""
         return self._argv(
             "barman-cloud-backup",
-            "--gzip",
+            f"--{BASE_BACKUP_COMPRESSION}",
+            "--max-archive-size",
+            BASE_BACKUP_PART_SIZE,
             *self._encryption(),
             "--immediate-checkpoint",
             "--jobs",
@@ -98,11 +106,6 @@ class BarmanCloud:
             name,
             self.destination,
             self.server_name,
-        )
-
-    def restore_argv(self, backup_id: str, recovery_dir: Path) -> list[str]:
-        return self._argv(
-            "barman-cloud-restore", self.destination, self.server_name, backup_id, str(recovery_dir)
         )
 
     def delete_argv(self, recovery_window_days: int) -> list[str]:

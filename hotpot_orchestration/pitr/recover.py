@@ -144,7 +144,7 @@ def restore_base(scratch: ScratchServer, client, base: dict[str, Any], archived:
         # The WAL downloads beside the base backup's: each waits on S3 more than on a core.
         with ThreadPoolExecutor(1) as side:
             prefetch = side.submit(scratch.prefetch_wal, client, needed)
-            scratch.restore(base["backup_id"])
+            scratch.restore(client, base["backup_id"])
             return prefetch.result()
     except (BarmanError, ScratchError) as error:
         raise RecoveryError(f"restoring base backup {base['backup_id']} failed: {error}") from None

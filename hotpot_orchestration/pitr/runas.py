@@ -29,7 +29,6 @@ BARMAN_MODULES = {
     "barman-cloud-backup-delete": "barman.clients.cloud_backup_delete",
     "barman-cloud-backup-list": "barman.clients.cloud_backup_list",
     "barman-cloud-backup-show": "barman.clients.cloud_backup_show",
-    "barman-cloud-restore": "barman.clients.cloud_restore",
     "barman-cloud-wal-archive": "barman.clients.cloud_walarchive",
     "barman-cloud-wal-restore": "barman.clients.cloud_walrestore",
 }

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from hotpot_orchestration.pitr.barman import BarmanCloud, run
+from hotpot_orchestration.pitr.barman import BarmanCloud
 from hotpot_orchestration.pitr.runas import barman_bin_dir, can_execute, server_os_user
+from hotpot_orchestration.pitr.unpack import UnpackError, unpack_base_backup
 from hotpot_orchestration.platform.pg import PgTarget
 from hotpot_orchestration.platform.proc import Child, spawn, start_watcher
 
@@ -187,18 +188,22 @@ class ScratchServer:
 
     # --- restore -----------------------------------------------------------------------------------------
 
-    def restore(self, backup_id: str) -> None:
-        """The base backup (barman-cloud-restore) in the data directory, owned by the server's user."""
-        run(self.barman.restore_argv(backup_id, self.data), env=self.env)
-        # barman-cloud-restore reads data.tar as a stream and takes an unreadable header for the archive's
-        # end, exiting 0 with part of the files. backup_label is the tar's last member: present, the whole
-        # archive was read.
+    def restore(self, client, backup_id: str) -> None:
+        """The base backup's data directory, owned by the server's user."""
+        self.data.mkdir(mode=0o700)
+        try:
+            unpack_base_backup(client, self.barman, backup_id, self.data, log=self.log)
+        except UnpackError as error:
+            raise ScratchError(str(error)) from None
+        # Each part was read whole; these two say the backup is a data directory at all (backup_label is
+        # the last file barman-cloud-backup writes).
         missing = [name for name in ("global/pg_control", "backup_label") if not (self.data / name).is_file()]
         if missing:
             raise ScratchError(
                 f"base backup {backup_id} in {self.barman.destination} came back incomplete (no "
-                f"{', '.join(missing)}): its data.tar is damaged or truncated in the object store"
+                f"{', '.join(missing)}): a part of it is missing from the object store"
             )
+        (self.data / "pg_wal").mkdir(exist_ok=True)  # barman leaves pg_wal's contents out, sometimes itself
         if self.os_user:
             account = pwd.getpwnam(self.os_user)
             for path in [self.data.parent, *self.data.rglob("*"), self.data]:
