@@ -3,12 +3,15 @@
 For each size, on one archiving PostgreSQL (archive_timeout 60 s) and one S3 (moto):
 
   logical   restore_drill through Dagster: download, pg_restore --jobs, exact verification, scratch dropped.
-  pitr      pitr_drill through Dagster: the newest base backup (barman-cloud-restore) and WAL into a scratch
-            server, replayed to the logical backup's restore point (every table's row count checked), then
-            to the archive's end and promoted; the RPO against a writer committing twice a second.
+  pitr      pitr_drill through Dagster: the newest base backup (its parts unpacked side by side) and WAL
+            into a scratch server, replayed to the logical backup's restore point (every table's row count
+            checked), then to the archive's end and promoted; the RPO against a writer committing twice a
+            second.
   anchor    pgBackRest (Debian package, a local posix repository, 2 processes): restore of a full backup
             taken at the same time, started and promoted (recovery to the end of its WAL).
 
+Measured pitr, anchor, then logical: the logical drill last, since the WAL of its restore (into a database
+of the same server) is archived and would add a backlog to the others' replay and to the RPO.
 Targets: pitr <= 0.4x logical at 3 GB; RPO <= 60 s. The WAL of the data generation itself is not archived
 (the archive starts with the base backup), which keeps the setup short and changes no measured step.
 
@@ -220,15 +223,17 @@ def measure(gigabytes: float, s3: S3Server, work: Path) -> dict:
         take_verified_backup(postgres, s3, BUCKET, DATABASE, PREFIX)
         heartbeat = Heartbeat(postgres)
         try:
-            checkpoint(postgres)
-            logical_seconds, logical = drill(postgres, s3)
-            print(f"[{gigabytes:g} GB] logical drill {logical_seconds:.1f} s", flush=True)
+            # The logical drill goes last: it restores into a database of the archived server, whose WAL
+            # (as much as the database) the other two would otherwise download and replay after it.
             checkpoint(postgres)
             pitr_seconds, pitr = pitr_drill(postgres, s3, prefix)
             print(f"[{gigabytes:g} GB] pitr drill {pitr_seconds:.1f} s: {pitr}", flush=True)
             checkpoint(postgres)
             anchor_seconds = backrest.restore_and_promote()
             print(f"[{gigabytes:g} GB] pgBackRest restore+promote {anchor_seconds:.1f} s", flush=True)
+            checkpoint(postgres)
+            logical_seconds, logical = drill(postgres, s3)
+            print(f"[{gigabytes:g} GB] logical drill {logical_seconds:.1f} s", flush=True)
         finally:
             heartbeat.stop()
     return {

@@ -7,19 +7,23 @@ import shutil
 import pytest
 from support.pitr import (
     archive_everything,
+    archiving_server,
     barman_of,
     env_of,
     logical_backup,
     scratch_root,
 )
+from support.waiting import wait_until
 
 from hotpot_devstack import seed_sample
+from hotpot_orchestration.pitr.archive import archiver_status, segment_of
 from hotpot_orchestration.pitr.drill import run_drill
 from hotpot_orchestration.pitr.physical import take_base_backup
-from hotpot_orchestration.pitr.recover import RecoveryError
+from hotpot_orchestration.pitr.recover import RecoveryError, complete_wal, lsn_value
 from hotpot_orchestration.platform.pg import PgTarget
 
 pytestmark = pytest.mark.slow
+SEGMENT = 16 * 1024 * 1024
 
 
 @pytest.fixture
@@ -122,3 +126,34 @@ def test_a_corrupted_base_backup_file_fails_the_drill(source, root):
     with pytest.raises(RecoveryError, match="restoring base backup .* failed"):
         drill(source, root)
     assert list(root.iterdir()) == []
+
+
+def test_the_nightly_restore_point_reaches_the_archive_at_once_and_one_not_archived_is_named(s3):
+    # archive_timeout never fires within the test: only the backup's own WAL switch archives its point.
+    with archiving_server(s3, timeout_seconds=3600) as server:
+        seed_sample(server, "app")
+        barman, client = barman_of(server), s3.client()
+        take_base_backup(barman, PgTarget.from_url(server.url), client, label="test", env=s3.env())
+        point = logical_backup(server, "app").manifest["restore_point"]
+        holding = segment_of(lsn_value(point["lsn"]), "00000001", SEGMENT)
+        target = PgTarget.from_url(server.url)
+        wait_until(
+            lambda: (archiver_status(target).last_archived_wal or "") >= holding,
+            60,
+            lambda: (
+                f"WAL segment {holding} of restore point {point['name']} archived: {archiver_status(target)}"
+            ),
+        )
+        (base,) = barman.list_backups(s3.env())
+        complete_wal(client, barman, base, restore_point=(point["name"], point["lsn"]))
+
+        with server.connect() as conn:
+            now = lsn_value(conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0])
+        ahead = now + 4 * SEGMENT
+        ahead_text = f"{ahead >> 32:X}/{ahead & 0xFFFFFFFF:X}"
+        with pytest.raises(
+            RecoveryError,
+            match=f"restore point 'ahead' at {ahead_text} is in WAL segment "
+            f"{segment_of(ahead, '00000001', SEGMENT)}, which is not in s3://.* yet",
+        ):
+            complete_wal(client, barman, base, restore_point=("ahead", ahead_text))

@@ -150,18 +150,34 @@ class ExportedSnapshot:
 
     def _create_restore_point(self, psycopg) -> None:
         """Mark the snapshot's instant in the WAL, right after exporting it: recovery to this name replays
-        exactly the commits the snapshot sees (barring one landing in the microseconds between the two).
-        In a savepoint: a refusal must not end the exported snapshot's transaction."""
+        exactly the commits the snapshot sees (barring one landing in the microseconds between the two)."""
         name = f"hotpot-backup-{self.created_at.astimezone(UTC):%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
-        self._conn.execute("SAVEPOINT restore_point")
-        try:
-            lsn = self._conn.execute("SELECT pg_create_restore_point(%s)::text", (name,)).fetchone()[0]
-        except psycopg.Error as error:
-            self._conn.execute("ROLLBACK TO SAVEPOINT restore_point")
-            logging.getLogger(__name__).warning(f"no restore point for point-in-time drills: {error}")
+        row = self._tolerated(
+            psycopg,
+            "no restore point for point-in-time drills",
+            "SELECT pg_create_restore_point(%s)::text",
+            (name,),
+        )
+        if row is None:
             return
-        self._conn.execute("RELEASE SAVEPOINT restore_point")
-        self.restore_point = {"name": name, "lsn": lsn}
+        self.restore_point = {"name": name, "lsn": row[0]}
+        # The point reaches the archive with its segment: switch now rather than at archive_timeout.
+        self._tolerated(
+            psycopg, "the restore point reaches the archive at archive_timeout", "SELECT pg_switch_wal()"
+        )
+
+    def _tolerated(self, psycopg, otherwise: str, sql: str, params: tuple = ()) -> tuple | None:
+        """`sql`'s first row, or None and the warning `otherwise` when the server or the role refuses it. In a
+        savepoint: a refusal must not end the exported snapshot's transaction."""
+        self._conn.execute("SAVEPOINT tolerated")
+        try:
+            row = self._conn.execute(sql, params).fetchone()
+        except psycopg.Error as error:
+            self._conn.execute("ROLLBACK TO SAVEPOINT tolerated")
+            logging.getLogger(__name__).warning(f"{otherwise}: {error}")
+            return None
+        self._conn.execute("RELEASE SAVEPOINT tolerated")
+        return row
 
     def __exit__(self, *exc_info) -> None:
         self.release()

@@ -167,6 +167,13 @@ def next_segment(segment: str, segment_bytes: int) -> str:
     return f"{timeline:08X}{number // per_log:08X}{number % per_log:08X}"
 
 
+def segment_of(lsn: int, timeline: str, segment_bytes: int) -> str:
+    """The name of the WAL segment of `timeline` (8 hex digits) that holds the position `lsn`."""
+    per_log = 0x100000000 // segment_bytes
+    number = lsn // segment_bytes
+    return f"{timeline}{number // per_log:08X}{number % per_log:08X}"
+
+
 def first_gap(archived: ArchivedWal, begin_wal: str, segment_bytes: int) -> str | None:
     """The first segment missing between `begin_wal` and the newest archived one of its timeline."""
     timeline = begin_wal[:8]

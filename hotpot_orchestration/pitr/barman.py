@@ -23,6 +23,8 @@ from hotpot_orchestration.platform.pg import PgTarget
 # stores 1.7x the bytes). Parts of at most BASE_BACKUP_PART_SIZE let a restore unpack several at once.
 BASE_BACKUP_COMPRESSION = "snappy"
 BASE_BACKUP_PART_SIZE = "128MB"
+# WAL: gzip, a 16 MB segment at a time (the drill's prefetch unpacks it in-process).
+WAL_COMPRESSION = "gzip"
 # What barman-cloud prints on failure is short; more than this is noise in a step's error.
 _OUTPUT_TAIL = 2000
 
@@ -73,7 +75,7 @@ class BarmanCloud:
 
     def archive_command(self) -> str:
         """`archive_command`: each finished WAL segment, gzip-compressed and encrypted, into the store."""
-        argv = self._argv("barman-cloud-wal-archive", "--gzip", *self._encryption())
+        argv = self._argv("barman-cloud-wal-archive", f"--{WAL_COMPRESSION}", *self._encryption())
         return shlex.join([*argv, self.destination, self.server_name]) + " %p"
 
     def restore_command(self) -> str:

@@ -380,7 +380,7 @@ def run_drill(
     logical = newest_logical_with_restore_point(client, backup_bucket, backup_prefix, source.dbname)
     point = logical.manifest["restore_point"]
     base = base_backup_before(barman, point["lsn"], env)
-    complete_wal(client, barman, base)
+    complete_wal(client, barman, base, restore_point=(point["name"], point["lsn"]))
     result = DrillResult(
         backup_id=base["backup_id"], manifest_key=logical.manifest_key, restore_point=point["name"]
     )

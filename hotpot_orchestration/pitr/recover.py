@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpot_orchestration.backups.catalog import list_backups
-from hotpot_orchestration.pitr.archive import ArchivedWal, archived_wal, first_gap
+from hotpot_orchestration.pitr.archive import ArchivedWal, archived_wal, first_gap, segment_of
 from hotpot_orchestration.pitr.barman import BarmanCloud, BarmanError
 from hotpot_orchestration.pitr.scratch import DEFAULT_ROOT, ScratchError, ScratchServer
 from hotpot_orchestration.platform.pg import PgTarget
@@ -115,16 +115,31 @@ def restore_point_lsn(client, bucket: str, prefix: str, database: str, name: str
     )
 
 
-def complete_wal(client, barman: BarmanCloud, base: dict[str, Any]) -> ArchivedWal:
-    """The archive's segments, once every one from `base`'s start on is known to be there."""
+def complete_wal(
+    client, barman: BarmanCloud, base: dict[str, Any], *, restore_point: tuple[str, str] | None = None
+) -> ArchivedWal:
+    """The archive's segments, once every one from `base`'s start on is known to be there, and, given a
+    `restore_point` (name, WAL position), the segment holding it: it is written before it is archived."""
     archived = archived_wal(client, barman)
+    where = f"s3://{barman.bucket}/{barman.server_prefix}wals/"
     segment_bytes = int(base.get("xlog_segment_size") or DEFAULT_SEGMENT_BYTES)
     gap = first_gap(archived, base["begin_wal"], segment_bytes)
     if gap is not None:
         raise RecoveryError(
-            f"WAL segment {gap} is missing from s3://{barman.bucket}/{barman.server_prefix}wals/: "
-            f"base backup {base['backup_id']} cannot be recovered past it"
+            f"WAL segment {gap} is missing from {where}: base backup {base['backup_id']} cannot be recovered "
+            "past it"
         )
+    if restore_point is not None:
+        name, lsn = restore_point
+        holding = segment_of(lsn_value(lsn), base["begin_wal"][:8], segment_bytes)
+        # Any timeline: a later one continues the same positions.
+        if not any(segment[8:] >= holding[8:] for segment in archived.segments):
+            newest = archived.newest[0] if archived.newest else "none"
+            raise RecoveryError(
+                f"restore point {name!r} at {lsn} is in WAL segment {holding}, which is not in {where} yet "
+                f"(the newest there is {newest}): the server archives it once the segment is full or "
+                "archive_timeout has passed; try again then"
+            )
     return archived
 
 
@@ -181,6 +196,7 @@ def recovered(
     """A scratch server recovered to `target` and paused there; stopped and deleted on exit, whatever
     happens. `source`: the archived server (its database names the restore point's logical backups, its
     user is a role of the recovered cluster)."""
+    lsn = None
     if target.time is not None:
         if target.time > datetime.now(UTC):
             raise RecoveryError(f"{target.describe()} is in the future: nothing is archived for it yet")
@@ -188,7 +204,8 @@ def recovered(
     else:
         lsn = restore_point_lsn(client, backup_bucket, backup_prefix, source.dbname, target.restore_point)
         base = base_backup_before(barman, lsn, env)
-    archived = complete_wal(client, barman, base)
+    point = (target.restore_point, lsn) if lsn else None
+    archived = complete_wal(client, barman, base, restore_point=point)
     log(f"recovering base backup {base['backup_id']} ({base['begin_wal']}), then WAL to {target.describe()}")
     started = time.monotonic()
     with ScratchServer(bin_dir, barman, root=root, env=env, log=log) as scratch:
