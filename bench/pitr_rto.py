@@ -34,6 +34,7 @@ from restore_rto import BUCKET, DATABASE, PREFIX, checkpoint, drill, generate
 from hotpot_devstack import Postgres, S3Server, free_port
 from hotpot_devstack.backups import take_verified_backup
 from hotpot_devstack.postgres import WalArchive
+from hotpot_orchestration.pitr.archive import archiver_status, next_segment
 from hotpot_orchestration.pitr.assets import PitrResource, build_pitr_assets
 from hotpot_orchestration.pitr.physical import take_base_backup
 from hotpot_orchestration.platform.pg import PgTarget
@@ -52,6 +53,18 @@ def set_archive_command(postgres: Postgres, command: str | None) -> None:
         else:
             conn.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
         conn.execute("SELECT pg_reload_conf()")
+
+
+def wait_archived(postgres: Postgres, timeout: float = 300) -> None:
+    """Until every finished WAL segment is in the archive."""
+    target = PgTarget.from_url(postgres.url)
+    deadline = time.monotonic() + timeout
+    while (status := archiver_status(target)).last_archived_wal is None or (
+        next_segment(status.last_archived_wal[:24], 16 * 1024 * 1024) < status.current_wal
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"WAL not archived within {timeout:.0f} s: {status}")
+        time.sleep(0.5)
 
 
 class Heartbeat:
@@ -221,6 +234,7 @@ def measure(gigabytes: float, s3: S3Server, work: Path) -> dict:
         backrest.run("backup", "--type=full")
         print(f"[{gigabytes:g} GB] pgBackRest backup in {time.perf_counter() - started:.0f} s", flush=True)
         take_verified_backup(postgres, s3, BUCKET, DATABASE, PREFIX)
+        wait_archived(postgres)  # as the 04:30 drill finds the nightly backup's restore point
         heartbeat = Heartbeat(postgres)
         try:
             # The logical drill goes last: it restores into a database of the archived server, whose WAL
