@@ -12,11 +12,11 @@ from support.pitr import (
     env_of,
     logical_backup,
     scratch_root,
+    wait_archived_through,
 )
-from support.waiting import wait_until
 
 from hotpot_devstack import seed_sample
-from hotpot_orchestration.pitr.archive import archiver_status, segment_of
+from hotpot_orchestration.pitr.archive import segment_of
 from hotpot_orchestration.pitr.drill import run_drill
 from hotpot_orchestration.pitr.physical import take_base_backup
 from hotpot_orchestration.pitr.recover import RecoveryError, complete_wal, lsn_value
@@ -135,15 +135,7 @@ def test_the_nightly_restore_point_reaches_the_archive_at_once_and_one_not_archi
         barman, client = barman_of(server), s3.client()
         take_base_backup(barman, PgTarget.from_url(server.url), client, label="test", env=s3.env())
         point = logical_backup(server, "app").manifest["restore_point"]
-        holding = segment_of(lsn_value(point["lsn"]), "00000001", SEGMENT)
-        target = PgTarget.from_url(server.url)
-        wait_until(
-            lambda: (archiver_status(target).last_archived_wal or "") >= holding,
-            60,
-            lambda: (
-                f"WAL segment {holding} of restore point {point['name']} archived: {archiver_status(target)}"
-            ),
-        )
+        wait_archived_through(server, point["lsn"])
         (base,) = barman.list_backups(s3.env())
         complete_wal(client, barman, base, restore_point=(point["name"], point["lsn"]))
 
@@ -157,3 +149,20 @@ def test_the_nightly_restore_point_reaches_the_archive_at_once_and_one_not_archi
             f"{segment_of(ahead, '00000001', SEGMENT)}, which is not in s3://.* yet",
         ):
             complete_wal(client, barman, base, restore_point=("ahead", ahead_text))
+
+
+def test_with_no_commit_archived_after_the_restore_point_the_rpo_counts_from_the_last_before_it(source, root):
+    with source.connect("app") as conn:
+        conn.execute("CREATE TABLE before_point (n int)")
+        committed = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()[0]
+    with source.connect() as conn:
+        # The recovered server's restartpoint lands here, after the commit: what it replays on restarting
+        # holds no commit at all.
+        conn.execute("CHECKPOINT")
+    point = logical_backup(source, "app").manifest["restore_point"]
+    wait_archived_through(source, point["lsn"])  # the backup's own switch: nothing archived after it
+
+    result = drill(source, root)
+
+    assert result.recovered_last_commit is not None and result.recovered_last_commit >= committed
+    assert result.rpo_seconds is not None

@@ -110,8 +110,12 @@ def _promote_at_archive_end(recovery: Recovered, user: str, client, barman: Barm
     """Replay on from the restore point to the archive's end and promote; the newest commit recovered.
     The archive as listed now is prefetched whole, so the end is found without asking the store again."""
     scratch = recovery.scratch
+    last_commit = "SELECT timestamp FROM pg_last_committed_xact()"
     try:
         with recovery.database("postgres", user).connect() as conn:
+            # What a server knows of commits is what it replayed since it started: with no commit archived
+            # after the restore point, the newest recovered is the one before it.
+            at_point = conn.execute(last_commit).fetchone()
             conn.execute("CHECKPOINT")  # a restartpoint here: the restart replays from here, not the base
         needed = needed_wal(archived_wal(client, barman), recovery.begin_wal)
         missing = {name: key for name, key in needed.items() if not scratch.prefetched(name)}
@@ -122,7 +126,8 @@ def _promote_at_archive_end(recovery: Recovered, user: str, client, barman: Barm
         scratch.restart()
         scratch.wait(user, promoted=True)
         with recovery.database("postgres", user).connect() as conn:
-            return conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone()
+            at_end = conn.execute(last_commit).fetchone()
+        return at_end if at_end and at_end[0] else at_point
     except ScratchError as error:
         raise RecoveryError(
             f"recovering base backup {recovery.base_backup_id} to the archive's end failed: {error}"

@@ -13,8 +13,9 @@ from pathlib import Path
 from hotpot_devstack import Postgres, S3Server, free_port
 from hotpot_devstack.postgres import WalArchive
 from hotpot_orchestration.backups.backup import BackupResult, take_backup
-from hotpot_orchestration.pitr.archive import archiver_status
+from hotpot_orchestration.pitr.archive import archiver_status, segment_of
 from hotpot_orchestration.pitr.barman import BarmanCloud
+from hotpot_orchestration.pitr.recover import lsn_value
 from hotpot_orchestration.platform.pg import PgTarget
 
 from .waiting import wait_until
@@ -69,6 +70,18 @@ def archive_everything(server: Postgres, timeout: float = 120) -> str:
         return status.last_archived_wal is not None and status.last_archived_wal >= segment
 
     wait_until(archived, timeout, lambda: f"WAL segment {segment} archived: {archiver_status(target)}")
+    return segment
+
+
+def wait_archived_through(server: Postgres, lsn: str, timeout: float = 60) -> str:
+    """Until the WAL segment holding `lsn` (of timeline 1) is archived; its name."""
+    segment = segment_of(lsn_value(lsn), "00000001", 16 * 1024 * 1024)
+    target = PgTarget.from_url(server.url)
+    wait_until(
+        lambda: (archiver_status(target).last_archived_wal or "") >= segment,
+        timeout,
+        lambda: f"WAL segment {segment} (holding {lsn}) archived: {archiver_status(target)}",
+    )
     return segment
 
 
