@@ -1,6 +1,7 @@
-"""Unpacking a base backup's parts (pitr/unpack.py) against a real S3 server (moto), with parts written the
-way barman-cloud-backup writes them: tarfile streams, snappy- or gzip-compressed, numbered data_0001, ...
-Real barman-cloud-backup output is unpacked by the drill tests (test_pitr_drill, test_pitr_dagster)."""
+"""Unpacking a base backup's parts (pitr/unpack.py) against real S3 servers (moto, SeaweedFS), with parts
+written the way barman-cloud-backup writes them: tarfile streams, snappy- or gzip-compressed, numbered
+data_0001, ... Real barman-cloud-backup output is unpacked by the drill tests (test_pitr_drill,
+test_pitr_dagster)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def snappy_of(data: bytes) -> bytes:
 
 
 @pytest.fixture
-def store(s3):
-    client = s3.client()
+def store(s3_server):
+    client = s3_server.client()
     bucket = f"unpack-{secrets.token_hex(4)}"
     client.create_bucket(Bucket=bucket)
     barman = BarmanCloud(bucket=bucket, prefix="pitr/", server_name="db")
