@@ -69,6 +69,9 @@ def test_every_part_is_unpacked_whole(store, tmp_path):
         for name, content in files.items():
             assert (tmp_path / name).read_bytes() == content
     assert read == sum(p.size for p in base_backup_parts(client, barman, BACKUP_ID))
+    assert not list(
+        tmp_path.glob(".unpacking-*")
+    )  # each part's own directory, emptied into the data directory
 
 
 def test_gzip_parts_are_unpacked_too(store, tmp_path):

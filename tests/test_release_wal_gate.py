@@ -109,6 +109,18 @@ def test_a_failing_check_refuses_until_a_segment_reaches_the_store_after_it():
     assert "a segment was archived after it" in recovered.detail
 
 
+def test_segments_stored_within_the_failing_evaluations_second_open_the_gate_by_name():
+    # S3 keeps LastModified to the second: segments stored just after the evaluation, in its second, carry
+    # a time before it. The names tell: the one that was failing, and one after it, are in the store now.
+    evaluated = NOW - timedelta(seconds=0.6)
+    seen = CheckReport(False, FAILING, evaluated, None, SEGMENT, "000000010000000A00000042")
+    same_second = NOW - timedelta(seconds=1)
+    for stored in ("000000010000000A00000042", "000000010000000A00000043"):
+        result = gate(ArchivedWal({SEGMENT: same_second, stored: same_second}), seen)
+        assert result.passed, (stored, result.detail)
+    assert not gate(ArchivedWal({SEGMENT: same_second}), seen).passed
+
+
 def test_an_archive_that_cannot_be_listed_refuses():
     def down() -> ArchivedWal:
         raise ConnectionError("Could not connect to the endpoint URL")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from support.release import allow_two_runs_in_one_process
 from support.waiting import wait_until
 
 from hotpot_devstack import Traffic
@@ -82,7 +83,8 @@ def spec(stack, registry, s3):
 
 
 @pytest.fixture
-def instance(tmp_path):
+def instance(tmp_path, monkeypatch):
+    allow_two_runs_in_one_process(monkeypatch)  # in_background + execute
     with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
         yield test_instance
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from support.release import allow_two_runs_in_one_process
 from support.waiting import wait_until
 
 from hotpot_devstack.dagster_services import DagsterServices
@@ -189,6 +190,7 @@ def test_a_release_stopped_by_rollback_job_reads_as_a_rollback_on_its_run_page(
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    allow_two_runs_in_one_process(monkeypatch)
     # One long step: the rollback lands while it measures.
     plan = local_plan(2.0, ["{weight: 20, pause: 600s}"], window=3.0)
     outcome = {}

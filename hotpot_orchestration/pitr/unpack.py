@@ -5,11 +5,14 @@ barman-cloud-backup writes the data directory as tar archives of at most `--max-
 reads them one after the other through Python's tarfile. Here each part streams from S3 through its
 decompressor into GNU tar, PARTS_AT_ONCE of them side by side, largest first. Each part must be whole: its
 compressed stream ends where the object ends, the tar ends with its end-of-archive blocks, and tar exits 0.
+Each tar writes into a directory of its own, moved into the data directory once it is done: two tars
+creating the same directory at once make GNU tar fail ("Cannot open: No such file or directory").
 """
 
 from __future__ import annotations
 
 import bz2
+import os
 import re
 import threading
 import time
@@ -120,10 +123,16 @@ class _Stopped(Exception):
     """Another part failed: this one stops where it is."""
 
 
+def _staging(data: Path, part: Part) -> Path:
+    return data / f".unpacking-{part.number:04d}"
+
+
 def _unpack_part(client, bucket: str, part: Part, data: Path, stop: threading.Event) -> None:
     decompress = _Decompressor(part.compression)
+    staging = _staging(data, part)
+    staging.mkdir()
     with proc.spawn(
-        ["tar", "--extract", "--file=-", f"--directory={data}", "--no-same-owner"],
+        ["tar", "--extract", "--file=-", f"--directory={staging}", "--no-same-owner"],
         stdin=proc.PIPE,
         stdout=proc.DEVNULL,
     ) as tar:
@@ -151,6 +160,19 @@ def _unpack_part(client, bucket: str, part: Part, data: Path, stop: threading.Ev
             raise UnpackError(f"{part.name} ends early: the object is truncated or damaged in the store")
 
 
+def _move_into(source: Path, target: Path) -> None:
+    """Every entry of `source` into `target`, then `source` removed: what `target` lacks moves whole, a
+    directory it has already is merged."""
+    with os.scandir(source) as entries:
+        for entry in entries:
+            destination = target / entry.name
+            if entry.is_dir(follow_symlinks=False) and destination.is_dir() and not destination.is_symlink():
+                _move_into(Path(entry.path), destination)
+            else:
+                os.replace(entry.path, destination)
+    source.rmdir()
+
+
 def unpack_base_backup(
     client, barman: BarmanCloud, backup_id: str, data: Path, *, log: Callable[[str], None] = print
 ) -> int:
@@ -165,6 +187,7 @@ def unpack_base_backup(
         try:
             for future in as_completed(futures):
                 future.result()
+                _move_into(_staging(data, futures[future]), data)  # one at a time, on this thread
                 done += futures[future].size
                 if time.monotonic() - last_report >= PROGRESS_SECONDS:
                     last_report = time.monotonic()

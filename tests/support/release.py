@@ -16,3 +16,19 @@ def pushed_release_image(registry, tag: str = "v2") -> ReleaseImageResource:
         repository=repository,
         registry=registry.host,
     )
+
+
+def allow_two_runs_in_one_process(monkeypatch) -> None:
+    """A release run on a thread and rollback_job on another, in one process: at each run's start Dagster
+    calls logging.config.dictConfig, even for an instance with no python_logs configured, and dictConfig
+    takes logging's module lock and then each handler's lock while the other run's thread logs. Under load
+    one such start hung for 300 s in a handler's lock. Production runs are processes of their own. With no
+    python_logs configured there is nothing to configure, so the call is skipped."""
+    import dagster as dg
+
+    configured = dg.DagsterInstance.get_yaml_python_handlers
+
+    def handlers(instance):
+        return configured(instance) if instance.get_python_log_dagster_handler_config() else []
+
+    monkeypatch.setattr(dg.DagsterInstance, "get_yaml_python_handlers", handlers)

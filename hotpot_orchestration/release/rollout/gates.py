@@ -89,6 +89,21 @@ def _when(report: CheckReport, now: datetime) -> str:
     return f"{report.evaluated_at:%Y-%m-%d %H:%M:%S} UTC, {ago:.0f} s ago"
 
 
+def _archived_since(newest: tuple[str, datetime] | None, report: CheckReport) -> bool:
+    """Whether a segment reached the store after the check's evaluation, told by name where the evaluation
+    recorded one: newer than the newest it saw, or the one it saw failing. S3 keeps LastModified to the
+    second, so a segment stored within the evaluation's second would look older than it."""
+    if newest is None:
+        return False
+    if report.newest_archived_wal and newest[0] > report.newest_archived_wal:
+        return True
+    if report.last_failed_wal and newest[0] >= report.last_failed_wal[:24]:
+        return True
+    if report.newest_archived_wal or report.last_failed_wal:
+        return False
+    return newest[1] > report.evaluated_at
+
+
 def wal_archive_gate(
     list_archive: Callable[[], ArchivedWal],
     latest_check: Callable[[], CheckReport | None],
@@ -141,7 +156,7 @@ def wal_archive_gate(
             f"the wal_archive check {'passed' if report.passed else 'failed'} ({_when(report, now)})"
             + ("" if report.passed else f": {report.description}")
         )
-    if report is not None and not report.passed and (newest is None or newest[1] <= report.evaluated_at):
+    if report is not None and not report.passed and not _archived_since(newest, report):
         detail = f"WAL archiving is failing: {checked}; {seen}, none archived since; {WAL_TO_DO}"
         return ReleaseGateResult(name, False, detail, state)
     if newest is None or age > limit:
