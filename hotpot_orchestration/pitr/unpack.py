@@ -136,7 +136,7 @@ def _unpack_part(client, bucket: str, part: Part, data: Path, stop: threading.Ev
         stdin=proc.PIPE,
         stdout=proc.DEVNULL,
     ) as tar:
-        tail, closed = b"", False
+        tail = b""
         try:
             body = client.get_object(Bucket=bucket, Key=part.key)["Body"]
             for chunk in body.iter_chunks(CHUNK_BYTES):
@@ -146,9 +146,8 @@ def _unpack_part(client, bucket: str, part: Part, data: Path, stop: threading.Ev
                 tar.stdin.write(out)
                 tail = (tail + out[-len(_END_OF_ARCHIVE) :])[-len(_END_OF_ARCHIVE) :]
             tar.stdin.close()
-            closed = True
         except BrokenPipeError:
-            closed = True  # tar stopped reading: its exit status and message say why
+            pass  # tar stopped reading: its exit status and message say why
         except _Stopped:
             raise
         except Exception as error:
@@ -156,7 +155,7 @@ def _unpack_part(client, bucket: str, part: Part, data: Path, stop: threading.Ev
         returncode = tar.wait()
         if returncode != 0:
             raise UnpackError(f"tar could not unpack {part.name} (exit {returncode}): {tar.tail()}")
-        if not (closed and decompress.finish() and tail == _END_OF_ARCHIVE):
+        if not (decompress.finish() and tail == _END_OF_ARCHIVE):
             raise UnpackError(f"{part.name} ends early: the object is truncated or damaged in the store")
 
 
